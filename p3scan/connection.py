@@ -1,0 +1,112 @@
+"""Serve one accepted client connection: find the route, connect upstream, run the session.
+
+Whatever goes wrong before the session starts, the client gets a protocol error
+(``-ERR ...`` for POP3, ``421 ...`` for SMTP) rather than a silent close.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from p3scan import tls
+from p3scan.destination import (
+    NoDestination,
+    Route,
+    UpstreamError,
+    connect,
+    format_address,
+    is_transparent,
+    target_route,
+    transparent_route,
+    unmap,
+)
+from p3scan.lines import Stream
+from p3scan.log import LOG
+from p3scan.pop3 import Pop3Session, useurl_handshake
+from p3scan.session import Session, SessionInfo
+from p3scan.smtp import SmtpSession
+
+SESSIONS: dict[str, type[Session]] = {
+    "POP3": Pop3Session,
+    "POP3S": Pop3Session,
+    "SMTP": SmtpSession,
+}
+
+
+def error_reply(protocol: str, text: str) -> bytes:
+    """A temporary-failure reply in the client's protocol."""
+    if protocol == "SMTP":
+        return f"421 4.4.1 p3scan: {text}\r\n".encode()
+    return f"-ERR [SYS/TEMP] p3scan: {text}\r\n".encode()
+
+
+def free_kbytes(path: str) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize // 1024
+
+
+def serve(conn: socket.socket, cfg: Any) -> SessionInfo | None:
+    """Handle one client connection from accept to close; return what was logged."""
+    peer = conn.getpeername()
+    client = Stream(conn, "client", cfg.idletimeout)
+    upstream: Stream | None = None
+    try:
+        route = _route(conn, client, cfg)
+        if route is None:
+            return None
+        LOG.info("%s Connection from %s", route.protocol, format_address(unmap(peer[0]), peer[1]))
+        LOG.info("Real-server address is %s", route.address)
+        if not _enough_space(client, route, cfg):
+            return None
+        upstream = _connect(client, route, cfg)
+        if upstream is None:
+            return None
+        info = SessionInfo((unmap(peer[0]), peer[1]), route)
+        SESSIONS[route.protocol](client, upstream, cfg, info).run()
+        LOG.info("%s", info.summary())
+        return info
+    except OSError as err:
+        LOG.warning("Session aborted: %s", err.strerror or err)
+        return None
+    finally:
+        client.close()
+        if upstream is not None:
+            upstream.close()
+
+
+def _route(conn: socket.socket, client: Stream, cfg: Any) -> Route | None:
+    try:
+        if cfg.useurl:
+            return useurl_handshake(client, cfg)
+        if is_transparent(cfg):
+            return transparent_route(conn, cfg)
+        return target_route(cfg)
+    except NoDestination as err:
+        LOG.critical("ERR: %s", err)
+        client.write(error_reply("POP3", str(err)))
+        return None
+
+
+def _enough_space(client: Stream, route: Route, cfg: Any) -> bool:
+    if not cfg.bytesfree:
+        return True
+    available = free_kbytes(cfg.virusdir)
+    if available >= cfg.bytesfree:
+        return True
+    LOG.critical("ERR: Not enough space! Available space: %d", available)
+    client.write(error_reply(route.protocol, "not enough free space to scan mail"))
+    return False
+
+
+def _connect(client: Stream, route: Route, cfg: Any) -> Stream | None:
+    try:
+        sock = connect(route, cfg.connecttimeout)
+        if route.protocol == "POP3S":
+            sock = tls.wrap_upstream(sock, route, cfg)
+    except UpstreamError as err:
+        LOG.critical("ERR: Cannot connect to real-server: %s (%s)", route.address, err)
+        client.write(error_reply(route.protocol, str(err)))
+        return None
+    return Stream(sock, "server", cfg.idletimeout)

@@ -1,0 +1,162 @@
+"""Buffered, bounded line I/O over a socket, and byte-exact copying of dot-terminated blocks.
+
+The original read lines into 4 KiB buffers, truncated them at NUL bytes and split long lines
+with inserted CRLFs.  Here a line is whatever ends with LF, bytes are never rewritten, a
+command or reply line is capped (:data:`MAX_LINE`), and message bodies are copied in large
+chunks without any line limit, so memory stays bounded whatever the message.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+MAX_LINE = 16 * 1024
+CHUNK = 64 * 1024
+TERMINATORS = (b"\n.\r\n", b"\n.\n")
+
+
+class StreamError(Exception):
+    """A problem with one side of a session; ``side`` names it ("client" or "server")."""
+
+    def __init__(self, side: str, message: str):
+        super().__init__(f"{side} {message}")
+        self.side = side
+
+
+class LineTooLong(StreamError):
+    """A command or reply line exceeded its cap."""
+
+
+class PeerClosed(StreamError):
+    """The peer closed the connection where more data was required."""
+
+
+class Stream:
+    """One side of a session: a connected socket with a receive buffer."""
+
+    def __init__(self, sock: socket.socket, name: str, timeout: float):
+        self.sock = sock
+        self.name = name
+        self.buf = bytearray()
+        self.pos = 0
+        self.eof = False
+        self.received = 0
+        self.sent = 0
+        sock.settimeout(timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (tests use socketpairs)
+            pass
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed."""
+        return len(self.buf) - self.pos
+
+    def has_line(self) -> bool:
+        return self.buf.find(b"\n", self.pos) >= 0
+
+    def fill(self) -> int:
+        """Receive once (blocking up to the timeout); return 0 at end of stream."""
+        if self.eof:
+            return 0
+        if self.pos and self.pos >= len(self.buf) // 2:
+            del self.buf[:self.pos]
+            self.pos = 0
+        data = self.sock.recv(CHUNK)
+        if not data:
+            self.eof = True
+            return 0
+        self.buf += data
+        self.received += len(data)
+        return len(data)
+
+    def readline(self, limit: int = MAX_LINE) -> bytes:
+        """The next line with its terminator; ``b''`` at end of stream.
+
+        A partial line at end of stream is returned as it is, so callers relaying bytes lose
+        nothing; callers parsing commands treat a line without LF as the end.
+        """
+        scanned = self.pos
+        while True:
+            idx = self.buf.find(b"\n", scanned)
+            if idx >= 0:
+                if idx + 1 - self.pos > limit:
+                    raise LineTooLong(self.name, f"line longer than {limit} bytes")
+                return self._take(idx + 1)
+            if len(self.buf) - self.pos > limit:
+                raise LineTooLong(self.name, f"line longer than {limit} bytes")
+            scanned = len(self.buf)
+            if not self.fill():
+                return self._take(len(self.buf))
+
+    def peek(self) -> bytes:
+        """The buffered bytes, left in the buffer."""
+        return bytes(self.buf[self.pos:])
+
+    def take(self, size: int | None = None) -> bytes:
+        """Consume up to ``size`` buffered bytes (all of them by default)."""
+        end = len(self.buf) if size is None else min(len(self.buf), self.pos + size)
+        return self._take(end)
+
+    def _take(self, end: int) -> bytes:
+        data = bytes(self.buf[self.pos:end])
+        self.pos = end
+        if self.pos == len(self.buf):
+            self.buf.clear()
+            self.pos = 0
+        return data
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.sock.sendall(data)
+            self.sent += len(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def find_terminator(context: bytes, chunk: bytes) -> int:
+    """Offset in ``chunk`` just after the ``.`` line that ends a block, or -1.
+
+    ``context`` holds the last bytes before ``chunk`` (``b"\\n"`` at a line start), so a
+    terminator that straddles two reads is still found.
+    """
+    data = context + chunk
+    best = -1
+    for pattern in TERMINATORS:
+        idx = data.find(pattern)
+        if idx >= 0:
+            end = idx + len(pattern)
+            best = end if best < 0 else min(best, end)
+    return best - len(context) if best >= 0 else -1
+
+
+def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bool = True) -> int:
+    """Copy a dot-terminated block from ``src`` byte for byte; return the bytes copied.
+
+    Raises :class:`PeerClosed` if the stream ends before the terminating ``.`` line.
+    """
+    context = b"\n" if at_line_start else b""
+    total = 0
+    while True:
+        if not src.buffered and not src.fill():
+            raise PeerClosed(src.name, "closed the connection in the middle of a block")
+        chunk = src.peek()
+        end = find_terminator(context, chunk)
+        if end >= 0:
+            write(src.take(end))  # what follows the block stays buffered
+            return total + end
+        write(src.take())
+        total += len(chunk)
+        context = (context + chunk)[-3:]

@@ -1,0 +1,439 @@
+"""The master process, modelled on gunicorn's arbiter.
+
+Start-up does everything that can fail while the terminal still sees the error: check the
+PID file, prepare directories, bind the port (before dropping privileges, so port 110 works).
+Then python-daemon detaches (unless in the foreground), changes to ``user`` with its groups
+and takes the PID file, and the master forks ``maxchilds`` workers and keeps them alive.
+
+Signal handlers only queue the signal and wake the main loop through a pipe:
+TERM/INT stop gracefully (sessions may finish within ``gracetimeout``), HUP reloads the
+configuration and replaces the workers, CHLD just wakes the loop to reap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lockfile
+from daemon import DaemonContext
+
+from p3scan import PROGNAME, __version__, config, log, pidfile, privileges, spooldirs
+from p3scan.log import LOG
+from p3scan.worker import BOOT_ERROR, BUSY, IDLE, READY, Worker
+
+PRELOAD = ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8")
+LOOP_TICK = 1.0
+BUSY_LOG_INTERVAL = 60.0
+MAX_EARLY_DEATHS = 5
+RESTART_ONLY = ("ip", "port", "backlog", "user", "pidfile", "debug", "foreground")
+SCANNER_NAMES = {
+    "basic": "Basic file invocation scanner",
+    "bash": "Bash file invocation scanner",
+    "clamd": "ClamAV daemon (INSTREAM)",
+    "avpd": "Kaspersky AVPDaemon",
+    "avpd_new": "Kaspersky Anti-Virus 5.x Daemon",
+    "trophie": "Trophie antivirus daemon (for Trend Antivirus)",
+    "eicar": "Built-in EICAR test-file detector",
+}
+
+
+class StartupError(Exception):
+    """p3scan cannot start; the message says why."""
+
+
+@dataclass
+class WorkerInfo:
+    """What the master knows of one worker."""
+
+    pid: int
+    status_fd: int
+    generation: int
+    booted: bool = False
+    busy: bool = False
+    deadline: float = 0.0  # when set: SIGTERM was sent, SIGKILL after this time
+
+
+def bind(cfg: Any) -> list[socket.socket]:
+    """The listening socket on ``ip:port``; ``::`` accepts IPv6 and IPv4."""
+    family = socket.AF_INET6 if ":" in cfg.ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((cfg.ip, cfg.port))
+        sock.listen(cfg.backlog)
+    except OSError as err:
+        sock.close()
+        where = f"[{cfg.ip}]:{cfg.port}" if family == socket.AF_INET6 else f"{cfg.ip}:{cfg.port}"
+        raise StartupError(f"ERR: Can't bind to socket {where}: {err.strerror}") from None
+    sock.setblocking(False)
+    return [sock]
+
+
+class Master:
+    """Owns the listening socket, the PID file and the workers."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.cwd = os.getcwd()
+        self.as_root = os.geteuid() == 0
+        self.listeners: list[socket.socket] = []
+        self.workers: dict[int, WorkerInfo] = {}
+        self.signals: list[int] = []
+        self.wake_r = self.wake_w = -1
+        self.generation = 0
+        self.stopping = False
+        self.halt_reason = ""
+        self.early_deaths = 0
+        self.last_busy_log = -BUSY_LOG_INTERVAL
+        self.pid = os.getpid()
+
+    @property
+    def foreground(self) -> bool:
+        return bool(self.cfg.debug or self.cfg.foreground)
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Start the daemon; return its exit status."""
+        for warning in log.setup(self.cfg, stderr=True):
+            LOG.warning("%s", warning)
+        try:
+            account = self._account()
+            lock = pidfile.claim(self.cfg.pidfile)
+            created = spooldirs.prepare(self.cfg, account, as_root=self.as_root)
+            self.listeners = bind(self.cfg)
+        except (StartupError, pidfile.AlreadyRunning, privileges.UnknownUser) as err:
+            LOG.critical("%s", err)
+            return 1
+        except spooldirs.DirectoryProblem as err:
+            for line in err.lines:
+                LOG.critical("ERR: %s", line)
+            return 1
+        _preload()
+        log.close_handlers()
+        context = self._daemon_context(account, lock)
+        try:
+            if self.as_root:
+                privileges.drop(account)
+            context.open()
+        except (lockfile.Error, privileges.PrivilegeError) as err:
+            log.setup(self.cfg, stderr=self.foreground)
+            LOG.critical("ERR: %s", err)
+            return 1
+        try:
+            log.setup(self.cfg, stderr=self.foreground)
+            self.pid = os.getpid()
+            for line in created:
+                LOG.info("%s", line)
+            self._log_started(account)
+            return self.loop()
+        finally:
+            context.close()
+
+    def _account(self) -> privileges.Account:
+        if self.as_root:
+            return privileges.resolve(self.cfg.user)
+        return privileges.current()
+
+    def _daemon_context(self, account: privileges.Account, lock: Any) -> DaemonContext:
+        streams = (sys.stdin, sys.stdout, sys.stderr) if self.foreground else (None,) * 3
+        return DaemonContext(
+            detach_process=not self.foreground,
+            files_preserve=[sock.fileno() for sock in self.listeners],
+            uid=account.uid,
+            gid=account.gid,
+            umask=0o022,
+            working_directory="/",
+            pidfile=lock,
+            stdin=streams[0],
+            stdout=streams[1],
+            stderr=streams[2],
+            signal_map={},
+        )
+
+    def _log_started(self, account: privileges.Account) -> None:
+        cfg = self.cfg
+        LOG.info("%s Version %s", PROGNAME, __version__)
+        LOG.info("Selected scannertype: %s (%s)", cfg.scannertype,
+                 SCANNER_NAMES.get(cfg.scannertype, ""))
+        LOG.info("Listen now on %s", _listen_text(cfg))
+        if self.as_root:
+            LOG.info("Changing uid (we are root)")
+        LOG.info("Running as user: %s", account.name)
+        if cfg.quiet:
+            LOG.info("%s %s started.", PROGNAME, __version__, extra=log.FORCE)
+
+    # --- main loop ------------------------------------------------------------------------
+
+    def loop(self) -> int:
+        self._install_signals()
+        self.spawn_workers()
+        while True:
+            self._sleep()
+            self._reap()
+            if self.halt_reason:
+                LOG.critical("%s; stopping p3scan", self.halt_reason)
+                self._stop_workers(graceful=False)
+                return 1
+            while self.signals:
+                self._handle_signal(self.signals.pop(0))
+            self._kill_overdue()
+            if self.stopping:
+                if not self.workers:
+                    LOG.info("%s terminates now", PROGNAME)
+                    return 0
+                continue
+            self.spawn_workers()
+            self._check_busy()
+
+    def _install_signals(self) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        """Signal handler: only queue and wake the loop (logging here could deadlock)."""
+        if signum != signal.SIGCHLD:
+            self.signals.append(signum)
+        try:
+            os.write(self.wake_w, b".")
+        except OSError:
+            pass
+
+    def _sleep(self) -> None:
+        fds = [self.wake_r] + [info.status_fd for info in self.workers.values()]
+        try:
+            readable, _, _ = select.select(fds, [], [], LOOP_TICK)
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd == self.wake_r:
+                _drain(fd)
+            else:
+                self._read_status(fd)
+
+    def _read_status(self, fd: int) -> None:
+        info = next((w for w in self.workers.values() if w.status_fd == fd), None)
+        data = _drain(fd)
+        if info is None or not data:
+            return
+        for code in data:
+            byte = bytes([code])
+            if byte == READY:
+                info.booted = True
+                self.early_deaths = 0
+            elif byte in (BUSY, IDLE):
+                info.busy = byte == BUSY
+
+    # --- workers --------------------------------------------------------------------------
+
+    def spawn_workers(self) -> None:
+        current = [w for w in self.workers.values()
+                   if w.generation == self.generation and not w.deadline]
+        for _ in range(self.cfg.maxchilds - len(current)):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(status_r)
+                self._become_worker()
+                code = Worker(self.cfg, self.listeners, status_w, self.pid).run()
+            except BaseException:
+                LOG.exception("Worker %d crashed", os.getpid())
+            finally:
+                os._exit(code)
+        os.close(status_w)
+        os.set_blocking(status_r, False)
+        self.workers[pid] = WorkerInfo(pid, status_r, self.generation)
+        LOG.debug("Forked worker, pid=%d, workers=%d", pid, len(self.workers))
+
+    def _become_worker(self) -> None:
+        """In the new child: forget the master's signal handling and pipes."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in [self.wake_r, self.wake_w] + [w.status_fd for w in self.workers.values()]:
+            os.close(fd)
+        self.workers = {}
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self._forget(pid)
+            if info is not None:
+                self._judge_exit(info, status)
+
+    def _forget(self, pid: int) -> WorkerInfo | None:
+        """Drop a dead worker: close its pipe and remove its work directory."""
+        info = self.workers.pop(pid, None)
+        if info is not None:
+            os.close(info.status_fd)
+            shutil.rmtree(spooldirs.worker_dir(self.cfg, pid), ignore_errors=True)
+        return info
+
+    def _judge_exit(self, info: WorkerInfo, status: int) -> None:
+        if os.WIFSIGNALED(status):
+            if not info.deadline:
+                LOG.critical("ERR: Attention: worker %d died with signal %d; starting a new one",
+                             info.pid, os.WTERMSIG(status))
+            self._count_early_death(info)
+            return
+        code = os.WEXITSTATUS(status)
+        if code == BOOT_ERROR:
+            self.halt_reason = f"Worker {info.pid} failed to boot (see the line before)"
+        elif code != 0:
+            LOG.critical("ERR: worker %d exited with status %d", info.pid, code)
+            self._count_early_death(info)
+        else:
+            LOG.debug("Worker %d exited", info.pid)
+
+    def _count_early_death(self, info: WorkerInfo) -> None:
+        if info.booted or info.deadline:
+            return
+        self.early_deaths += 1
+        if self.early_deaths >= MAX_EARLY_DEATHS:
+            self.halt_reason = f"{self.early_deaths} workers died before they were ready"
+
+    def _check_busy(self) -> None:
+        current = [w for w in self.workers.values()
+                   if w.generation == self.generation and not w.deadline]
+        if len(current) < self.cfg.maxchilds or not all(w.busy for w in current):
+            return
+        now = time.monotonic()
+        if now - self.last_busy_log >= BUSY_LOG_INTERVAL:
+            self.last_busy_log = now
+            LOG.warning("MAX_CHILDS (%d) reached! All workers are busy; new connections wait "
+                        "in the listen backlog", self.cfg.maxchilds)
+
+    def _retire(self, info: WorkerInfo, graceful: bool = True) -> None:
+        info.deadline = time.monotonic() + (self.cfg.gracetimeout if graceful else 0)
+        _kill(info.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for info in list(self.workers.values()):
+            if info.deadline and now > info.deadline:
+                LOG.warning("Worker %d did not finish within %ds; killing it", info.pid,
+                            self.cfg.gracetimeout)
+                _kill(info.pid, signal.SIGKILL)
+                info.deadline = float("inf")
+
+    def _stop_workers(self, graceful: bool) -> None:
+        for info in list(self.workers.values()):
+            self._retire(info, graceful)
+        if not graceful:
+            for pid in list(self.workers):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+                self._forget(pid)
+
+    # --- signals --------------------------------------------------------------------------
+
+    def _handle_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        elif self.stopping:
+            if signum == signal.SIGINT:
+                LOG.warning("Second interrupt: killing the remaining workers")
+                for info in self.workers.values():
+                    _kill(info.pid, signal.SIGKILL)
+        else:
+            LOG.info("signalled, doing cleanup")
+            self.stopping = True
+            for sock in self.listeners:
+                sock.close()
+            self._stop_workers(graceful=True)
+
+    def reload(self) -> None:
+        """Re-read the configuration; on success replace every worker, else keep going."""
+        LOG.info("SIGHUP: reloading the configuration from %s", self.cfg.configfile)
+        try:
+            new = config.load(self.cfg.argv, cwd=self.cwd)
+            new = self._keep_restart_only(new)
+            spooldirs.prepare(new, privileges.current(), as_root=False)
+        except config.ConfigError as err:
+            for line in err.lines:
+                LOG.error("reload: %s", line)
+            LOG.error("The new configuration is not valid; keeping the old one")
+            return
+        except spooldirs.DirectoryProblem as err:
+            for line in err.lines:
+                LOG.error("reload: %s", line)
+            LOG.error("Directories of the new configuration are not usable; keeping the old one")
+            return
+        self.cfg = new
+        for warning in log.setup(new, stderr=self.foreground):
+            LOG.warning("%s", warning)
+        self.generation += 1
+        for info in list(self.workers.values()):
+            if not info.deadline:
+                self._retire(info)
+        self.spawn_workers()
+        LOG.info("Configuration reloaded; workers replaced")
+
+    def _keep_restart_only(self, new: Any) -> Any:
+        kept = {}
+        for key in RESTART_ONLY:
+            if new.get(key) != self.cfg.get(key):
+                LOG.warning("reload: %s changed from %s to %s; that needs a restart",
+                            key, self.cfg.get(key), new.get(key))
+                kept[key] = self.cfg.get(key)
+        return new.replace(**kept) if kept else new
+
+
+def _preload() -> None:
+    """Import what is otherwise imported lazily, while every file is still readable.
+
+    After the change of user the interpreter's own files may not be readable any more (a
+    Python under /root, say), and a lazy import would then fail in the middle of a session.
+    """
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
+def _listen_text(cfg: Any) -> str:
+    return f"[{cfg.ip}]:{cfg.port}" if ":" in cfg.ip else f"{cfg.ip}:{cfg.port}"
+
+
+def _drain(fd: int) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return data
+        except OSError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

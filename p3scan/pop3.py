@@ -1,0 +1,181 @@
+"""POP3 sessions (RFC 1939, 2449): relay commands one at a time, byte for byte.
+
+Replies are relayed exactly as the server sent them.  Multi-line replies are recognised by
+the command (CAPA, RETR, TOP always; LIST, UIDL and AUTH without an argument), which is
+safe because commands are strictly sequential.  STLS is answered locally and hidden from
+CAPA: the proxy cannot relay a TLS handshake as text (spec §6.1, §14 S7).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from p3scan.destination import NoDestination, Route, useurl_route
+from p3scan.lines import Stream, copy_block
+from p3scan.log import LOG
+from p3scan.session import Session, SessionInfo, split_command
+
+BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
+BLOCK_WITHOUT_ARGUMENT = frozenset({"LIST", "UIDL", "AUTH"})
+USEURL_MAX_TRIES = 10
+
+
+def expects_block(verb: str, arg: str) -> bool:
+    """Whether a positive reply to this command is followed by a dot-terminated block."""
+    return verb in BLOCK_ALWAYS or (verb in BLOCK_WITHOUT_ARGUMENT and not arg)
+
+
+def is_ok(status: bytes) -> bool:
+    return status[:3].upper() == b"+OK"
+
+
+def capability_name(line: bytes) -> str:
+    return line.decode("latin-1").strip().partition(" ")[0].upper()
+
+
+def sasl_plain_user(response: str) -> str | None:
+    """The authentication identity of a SASL PLAIN response (the password is ignored)."""
+    try:
+        parts = base64.b64decode(response.strip(), validate=True).split(b"\0")
+    except (binascii.Error, ValueError):
+        return None
+    return parts[1].decode("utf-8", "replace") if len(parts) == 3 and parts[1] else None
+
+
+class Pop3Session(Session):
+    """One POP3 session between a client and its real server."""
+
+    protocol = "POP3"
+    line_error = b"-ERR [SYS/PERM] p3scan: command line too long\r\n"
+
+    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo):
+        super().__init__(client, server, cfg, info)
+        self.verbs = {
+            "CAPA": self.do_capa,
+            "STLS": self.do_stls,
+            "AUTH": self.do_auth,
+            "USER": self.do_user,
+            "APOP": self.do_apop,
+            "QUIT": self.do_quit,
+            "RETR": self.do_message,
+            "TOP": self.do_message,
+        }
+
+    # --- greeting ---------------------------------------------------------------------------
+
+    def greet(self) -> None:
+        greeting = self.server_line()
+        user = self.info.route.user
+        if user is None or not is_ok(greeting):
+            self.client.write(greeting)
+            self.done = user is not None
+            return
+        # useurl: the client already got our +OK; log in with the user part of its USER.
+        self.server.write(f"USER {user}\r\n".encode("latin-1", "replace"))
+        self.client.write(self.server_line())
+        self.info.user = user
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    def relay_command(self, line: bytes, verb: str, arg: str) -> None:
+        """Forward one command and relay its whole reply unchanged."""
+        self.server.write(line)
+        status = self.server_line()
+        self.client.write(status)
+        if is_ok(status) and expects_block(verb, arg):
+            copy_block(self.server, self.client.write)
+
+    def do_message(self, line: bytes, verb: str, arg: str) -> None:
+        """RETR or TOP: relay the message and count it."""
+        self.info.messages += 1
+        self.server.write(line)
+        status = self.server_line()
+        self.client.write(status)
+        if is_ok(status):
+            self.info.bytes += copy_block(self.server, self.client.write)
+
+    def do_capa(self, line: bytes, verb: str, arg: str) -> None:
+        """Relay CAPA without the capabilities the proxy cannot honour."""
+        self.server.write(line)
+        reply = [self.server_line()]
+        if is_ok(reply[0]):
+            hidden = self.hidden_capabilities()
+            while True:
+                item = self.server_line()
+                if item.rstrip(b"\r\n") == b".":
+                    reply.append(item)
+                    break
+                name = capability_name(item)
+                if name in hidden:
+                    LOG.debug("Ignoring servers %s capability...", name)
+                    continue
+                reply.append(item)
+        self.client.write(b"".join(reply))
+
+    def hidden_capabilities(self) -> frozenset[str]:
+        return frozenset({"STLS"})
+
+    def do_stls(self, line: bytes, verb: str, arg: str) -> None:
+        self.client.write(b"-ERR [SYS/PERM] p3scan: STLS is not available through this proxy\r\n")
+
+    def do_auth(self, line: bytes, verb: str, arg: str) -> None:
+        """SASL: relay ``+`` continuations and the client's responses until +OK or -ERR."""
+        if not arg:
+            self.relay_command(line, verb, arg)
+            return
+        mechanism, _, initial = arg.partition(" ")
+        self.server.write(line)
+        while True:
+            status = self.server_line()
+            self.client.write(status)
+            if not status.startswith(b"+") or is_ok(status):
+                break
+            response = self.client_line()
+            initial = initial or response.decode("latin-1")
+            self.server.write(response)
+        if is_ok(status) and mechanism.upper() == "PLAIN":
+            self.info.user = sasl_plain_user(initial) or self.info.user
+
+    def do_user(self, line: bytes, verb: str, arg: str) -> None:
+        self.info.user = arg or self.info.user
+        LOG.info("USER '%s'", self.info.user)
+        self.relay_command(line, verb, arg)
+
+    def do_apop(self, line: bytes, verb: str, arg: str) -> None:
+        self.info.user = arg.partition(" ")[0] or self.info.user
+        LOG.info("USER '%s'", self.info.user)
+        self.relay_command(line, verb, arg)
+
+    def do_quit(self, line: bytes, verb: str, arg: str) -> None:
+        self.relay_command(line, verb, arg)
+        self.done = True
+
+
+def useurl_handshake(client: Stream, cfg: Any) -> Route | None:
+    """Greet the client and wait for ``USER name#host:port``; None if it gives up.
+
+    Until then every command but QUIT gets ``-ERR Not Identified`` (as the original).
+    A malformed USER gets an explanation instead of a silent close.
+    """
+    client.write(b"+OK\r\n")
+    for _attempt in range(USEURL_MAX_TRIES):
+        line = client.readline()
+        if not line.endswith(b"\n"):
+            return None
+        verb, arg = split_command(line)
+        if verb == "USER":
+            try:
+                return useurl_route(arg, cfg)
+            except NoDestination as err:
+                LOG.critical("Unable to find destination in USER '%s': %s", arg, err)
+                client.write(f"-ERR {err}\r\n".encode())
+        elif verb == "QUIT":
+            client.write(b"+OK bye\r\n")
+            return None
+        else:
+            LOG.debug("client said: %s", line.rstrip(b"\r\n").decode("latin-1"))
+            client.write(b"-ERR Not Identified\r\n")
+    client.write(b"-ERR too many errors\r\n")
+    return None

@@ -1,0 +1,126 @@
+"""SMTP sessions (RFC 5321): relay commands one at a time with the server's exact replies.
+
+EHLO replies lose the keywords the proxy cannot honour: STARTTLS (a TLS handshake cannot be
+relayed as text), CHUNKING and BINARYMIME (BDAT data would bypass DATA handling).  The
+reply stays well-formed: its last line keeps the ``250 `` form.  PIPELINING stays, since a
+pipelining client is simply queued.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p3scan.lines import LineTooLong, Stream, copy_block
+from p3scan.log import LOG
+from p3scan.session import Session, SessionInfo
+
+EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME"})
+MAX_REPLY_LINES = 512
+MAX_BDAT_DISCARD = 64 * 1024 * 1024
+
+
+def reply_code(reply: list[bytes]) -> int:
+    """The three-digit code of a reply (0 if it has none)."""
+    head = reply[0][:3] if reply else b""
+    return int(head) if head.isdigit() else 0
+
+
+def is_last_line(line: bytes) -> bool:
+    return line[3:4] != b"-"
+
+
+def ehlo_keyword(line: bytes) -> str:
+    return line[4:].decode("latin-1").strip().partition(" ")[0].upper()
+
+
+def filter_ehlo(reply: list[bytes], hidden: frozenset[str] = EHLO_HIDDEN) -> list[bytes]:
+    """Remove hidden keywords from a 250 EHLO reply and keep it well-formed."""
+    kept = [reply[0]] + [line for line in reply[1:] if ehlo_keyword(line) not in hidden]
+    for removed in sorted({ehlo_keyword(line) for line in reply[1:]} & hidden):
+        LOG.debug("Ignoring SMTP servers %s capability...", removed)
+    return [_continued(line, last=index == len(kept) - 1) for index, line in enumerate(kept)]
+
+
+def _continued(line: bytes, *, last: bool) -> bytes:
+    if len(line) < 4 or not line[:3].isdigit():
+        return line
+    return line[:3] + (b" " if last else b"-") + line[4:]
+
+
+class SmtpSession(Session):
+    """One SMTP session between a client and its real server."""
+
+    protocol = "SMTP"
+    line_error = b"500 5.5.2 p3scan: command line too long\r\n"
+
+    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo):
+        super().__init__(client, server, cfg, info)
+        self.verbs = {
+            "EHLO": self.do_ehlo,
+            "STARTTLS": self.do_starttls,
+            "BDAT": self.do_bdat,
+            "DATA": self.do_data,
+            "AUTH": self.do_auth,
+            "QUIT": self.do_quit,
+        }
+
+    def read_reply(self) -> list[bytes]:
+        """All lines of one server reply (``250-...`` up to the ``250 ...`` line)."""
+        lines = [self.server_line()]
+        while not is_last_line(lines[-1]):
+            if len(lines) >= MAX_REPLY_LINES:
+                raise LineTooLong(self.server.name, f"reply longer than {MAX_REPLY_LINES} lines")
+            lines.append(self.server_line())
+        return lines
+
+    def greet(self) -> None:
+        self.client.write(b"".join(self.read_reply()))
+
+    def relay_command(self, line: bytes, verb: str, arg: str) -> None:
+        self.server.write(line)
+        self.client.write(b"".join(self.read_reply()))
+
+    def do_ehlo(self, line: bytes, verb: str, arg: str) -> None:
+        self.server.write(line)
+        reply = self.read_reply()
+        if reply_code(reply) == 250:
+            reply = filter_ehlo(reply)
+        self.client.write(b"".join(reply))
+
+    def do_starttls(self, line: bytes, verb: str, arg: str) -> None:
+        self.client.write(b"454 4.7.0 p3scan: TLS is not available through this proxy\r\n")
+
+    def do_bdat(self, line: bytes, verb: str, arg: str) -> None:
+        """CHUNKING is never offered; skip the chunk the client sent anyway and refuse it."""
+        size = arg.partition(" ")[0]
+        remaining = int(size) if size.isdigit() and int(size) <= MAX_BDAT_DISCARD else 0
+        while remaining > 0:
+            if not self.client.buffered and not self.client.fill():
+                break
+            remaining -= len(self.client.take(remaining))
+        self.client.write(b"502 5.5.1 p3scan: BDAT is not supported (CHUNKING was not offered)\r\n")
+
+    def do_data(self, line: bytes, verb: str, arg: str) -> None:
+        """Relay DATA, the message up to its final ``.`` and the server's verdict."""
+        self.server.write(line)
+        reply = self.read_reply()
+        self.client.write(b"".join(reply))
+        if reply_code(reply) != 354:
+            return
+        self.info.messages += 1
+        self.info.bytes += copy_block(self.client, self.server.write)
+        self.client.write(b"".join(self.read_reply()))
+
+    def do_auth(self, line: bytes, verb: str, arg: str) -> None:
+        """Relay ``334`` challenges and the client's answers until the final reply."""
+        self.server.write(line)
+        while True:
+            reply = self.read_reply()
+            self.client.write(b"".join(reply))
+            if reply_code(reply) != 334:
+                return
+            self.server.write(self.client_line())
+
+    def do_quit(self, line: bytes, verb: str, arg: str) -> None:
+        self.relay_command(line, verb, arg)
+        self.done = True

@@ -1,0 +1,79 @@
+"""The directories p3scan needs: the spool (``virusdir``), its ``children`` work area,
+``notifydir`` and the PID file's directory.
+
+Started as root, p3scan creates the missing ones, owned by ``user`` with mode 0700.
+Otherwise it only checks that they exist and are writable.  The original did neither and
+failed later, per connection (spec §1.1, §14.5).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from p3scan.privileges import Account
+
+
+class DirectoryProblem(Exception):
+    """Directories are missing or unusable; ``lines`` says each problem."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def needed(cfg: Any) -> list[tuple[str, str]]:
+    """(directory, option it comes from), parents before children."""
+    return [
+        (cfg.virusdir, "virusdir"),
+        (os.path.join(cfg.virusdir, "children"), "virusdir"),
+        (cfg.notifydir, "notifydir"),
+        (os.path.dirname(cfg.pidfile) or "/", "pidfile"),
+    ]
+
+
+def prepare(cfg: Any, account: Account, *, as_root: bool) -> list[str]:
+    """Create (as root) or check the directories; return notices of what was created."""
+    created: list[str] = []
+    problems: list[str] = []
+    for path, option in needed(cfg):
+        if os.path.isdir(path):
+            usable = writable_by(path, account) if as_root else os.access(path, os.W_OK | os.X_OK)
+            if not usable:
+                problems.append(f"{path} (from {option}) is not writable by {account.name}")
+            continue
+        if os.path.exists(path):
+            problems.append(f"{path} (from {option}) exists but is not a directory")
+        elif not as_root:
+            problems.append(f"{path} (from {option}) does not exist; create it, "
+                            f"writable by {account.name}, or start p3scan as root")
+        else:
+            _create(path, account)
+            created.append(f"Created directory {path} (owner {account.name}, mode 0700)")
+    if problems:
+        raise DirectoryProblem(problems)
+    return created
+
+
+def writable_by(path: str, account: Account) -> bool:
+    """Whether ``account`` may create files in ``path`` (judged from owner and mode)."""
+    st = os.stat(path)
+    if st.st_uid == account.uid:
+        need = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid == account.gid or st.st_gid in os.getgrouplist(account.name, account.gid):
+        need = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        need = stat.S_IWOTH | stat.S_IXOTH
+    return st.st_mode & need == need
+
+
+def _create(path: str, account: Account) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    os.mkdir(path, 0o700)
+    os.chown(path, account.uid, account.gid)
+    os.chmod(path, 0o700)
+
+
+def worker_dir(cfg: Any, pid: int) -> str:
+    return os.path.join(cfg.virusdir, "children", str(pid))

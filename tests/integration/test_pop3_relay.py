@@ -1,0 +1,49 @@
+"""POP3 relayed through p3scan returns exactly what Dovecot returns directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import pop3_transcript as pt
+from tests.support.dovecot import PASSWORD
+from tests.support.messages import standard_mailbox
+
+pytestmark = pytest.mark.integration
+
+
+def without_stls(replies: list[bytes]) -> list[bytes]:
+    """CAPA through the proxy: the same, without the STLS line (the proxy cannot relay it)."""
+    return [reply.replace(b"STLS\r\n", b"") if b"\r\nUSER\r\n" in reply else reply
+            for reply in replies]
+
+
+def test_dovecot_offers_stls_so_filtering_is_exercised(dovecot):
+    user = dovecot.mailbox(standard_mailbox())
+    capa = pt.transcript("127.0.0.1", dovecot.port, pt.login_commands(user, PASSWORD))[1]
+    assert b"\r\nSTLS\r\n" in capa
+
+
+@pytest.mark.parametrize("kind", ["user", "auth"])
+def test_targetip_mode_is_byte_exact(dovecot, p3scan, kind):
+    user = dovecot.mailbox(standard_mailbox())
+    direct = pt.transcript("127.0.0.1", dovecot.port, pt.scenario(user, PASSWORD, kind))
+    daemon = p3scan(targetip="127.0.0.1", targetport=dovecot.port, enabletop=True).start()
+    proxied = pt.transcript("127.0.0.1", daemon.port, pt.scenario(user, PASSWORD, kind))
+    assert proxied == without_stls(direct)
+    assert b"STLS" not in proxied[1]
+
+
+def test_useurl_mode_is_byte_exact_after_the_greeting(dovecot, p3scan):
+    user = dovecot.mailbox(standard_mailbox())
+    direct = pt.transcript("127.0.0.1", dovecot.port,
+                           [(f"USER {user}".encode(), False), (f"PASS {PASSWORD}".encode(), False),
+                            (b"CAPA", True)] + pt.mailbox_commands())
+    daemon = p3scan(useurl=True, enabletop=True).start()
+    target = f"USER {user}#127.0.0.1:{dovecot.port}".encode()
+    proxied = pt.transcript("127.0.0.1", daemon.port,
+                            [(b"CAPA", False), (target, False),
+                             (f"PASS {PASSWORD}".encode(), False), (b"CAPA", True)]
+                            + pt.mailbox_commands())
+    assert proxied[0] == b"+OK\r\n"
+    assert proxied[1] == b"-ERR Not Identified\r\n"
+    assert proxied[2:] == without_stls(direct[1:])
