@@ -208,12 +208,19 @@ class Config:
 
     def render(self) -> str:
         """The effective configuration in p3scan.conf syntax, each line with its source."""
-        lines = [f"# effective configuration of {PROGNAME} {__version__}"]
+        lines = [f"# effective configuration of {PROGNAME} {__version__}",
+                 "# (values without a 'from' line are defaults)"]
+        lines.append(f"# read from {self._values['configfile']}")
         for opt in OPTIONS:
             value = self._values[opt.key]
-            text = "# (unset)" if value is None else format_value(opt, value)
-            line = f"{opt.key} = {text}" if value is not None else f"# {opt.key} {text[2:]}"
-            lines.append(f"{line:<60} # {self.sources.get(opt.key, 'default')}")
+            if opt.cli_only:
+                continue
+            if opt.key in self.sources:
+                lines.append(f"# from {self.sources[opt.key]}")
+            if value is None:
+                lines.append(f"# {opt.key} is not set")
+            else:
+                lines.append(f"{opt.key} = {format_value(opt, value)}")
         return "\n".join(lines) + "\n"
 
 
@@ -388,7 +395,8 @@ def _file_entry(path: str, entry: conffile.Entry, errors: list[str]) -> _Raw | N
     shown = entry.key if entry.value is None else f"{entry.key} = {entry.value}"
     if entry.value is None:
         if not opt.is_flag:
-            errors.append(f"{where}: {entry.key}: needs a value ({_expected(opt)})")
+            hint = _expected(opt)
+            errors.append(f"{where}: {entry.key}: needs a value" + (f" ({hint})" if hint else ""))
             return None
         return _Raw(opt, "yes", where, shown)
     return _Raw(opt, entry.value, where, shown)
@@ -414,9 +422,9 @@ def _expected(opt: Option) -> str:
         validator.check(opt.spec, "\0invalid\0")
     except checks.Invalid as err:
         return f"expected {err}"
-    except Exception:  # pragma: no cover - every check rejects NUL text
+    except Exception:  # pragma: no cover - configobj's own errors
         pass
-    return "expected a value"
+    return ""
 
 
 def _absolute(value: Any, base: str) -> Any:

@@ -28,3 +28,9 @@ def standard_mailbox() -> list[bytes]:
         message("tricky", tricky_body()),
         message("third", b"line\r\n" * 200),
     ]
+
+
+def smtp_body() -> bytes:
+    """Dot lines, a 998-byte line and 8-bit text: within SMTP's line limit."""
+    return (b".starts with a dot\r\n..two dots\r\n.\r\n" + b"w" * 998 + b"\r\n"
+            + "8-bit: h\u00e9llo \u20ac\r\n".encode() + b"last line\r\n")

@@ -8,10 +8,12 @@ their iptables rules disappear.  Recipe: ../shared/recipes/real-components.md §
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.support.procs import require_program, require_root, stop_process
+from tests.support.procs import require_program, require_root, stop_process, wait_until
 
 CLIENT_V4, ROUTER_CLIENT_V4 = "192.0.2.2", "192.0.2.1"
 ROUTER_SERVER_V4, SERVER_V4 = "198.51.100.1", "198.51.100.2"
@@ -29,7 +31,20 @@ class Namespace:
         self.holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"],
                                        stdin=subprocess.DEVNULL)
         self.pid = self.holder.pid
+        wait_until(self._isolated, 10, f"namespace {name} to exist")
         self.run("ip", "link", "set", "lo", "up")
+
+    def _isolated(self) -> bool:
+        """True once the holder runs ``sleep`` in a network namespace of its own.
+
+        Until then nsenter would enter *our* namespace: never run a command before this.
+        """
+        try:
+            theirs = os.readlink(f"/proc/{self.pid}/ns/net")
+            comm = Path(f"/proc/{self.pid}/comm").read_text().strip()
+        except OSError:
+            return False
+        return comm == "sleep" and theirs != os.readlink("/proc/self/ns/net")
 
     @property
     def prefix(self) -> list[str]:

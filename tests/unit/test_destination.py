@@ -1,0 +1,82 @@
+"""Destination discovery: useurl parsing, protocol by port, original destination."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from p3scan import config, destination
+from p3scan.destination import NoDestination, parse_useurl
+
+
+@pytest.fixture
+def cfg():
+    return config.load(["-f", "/dev/null", "-T", "eicar"])
+
+
+@pytest.mark.parametrize(("argument", "expected"), [
+    ("bob#pop.example.org:110", ("bob", "pop.example.org", 110)),
+    ("bob#pop.example.org", ("bob", "pop.example.org", 110)),
+    ("bob@isp.example#10.0.0.1:1110", ("bob@isp.example", "10.0.0.1", 1110)),
+    ("we#ird#host:995", ("we#ird", "host", 995)),
+    ("bob#[2001:db8::1]:110", ("bob", "2001:db8::1", 110)),
+    ("bob#2001:db8::1", ("bob", "2001:db8::1", 110)),
+])
+def test_useurl_arguments(argument, expected):
+    assert parse_useurl(argument) == expected
+
+
+@pytest.mark.parametrize("argument", ["bob", "#host:110", "bob#", "bob#host:0",
+                                      "bob#host:x", "bob#host:70000", "bob#ho st:110"])
+def test_bad_useurl_arguments(argument):
+    with pytest.raises(NoDestination):
+        parse_useurl(argument)
+
+
+def test_protocol_by_destination_port(cfg):
+    assert destination.protocol_for(25, cfg) == "SMTP"
+    assert destination.protocol_for(995, cfg) == "POP3S"
+    assert destination.protocol_for(110, cfg) == "POP3"
+    assert destination.protocol_for(143, cfg) == "POP3"
+    assert destination.useurl_route("a#h:995", cfg).protocol == "POP3S"
+    assert destination.useurl_route("a#h:25", cfg).protocol == "POP3"  # USER is POP3 only
+
+
+def test_fixed_target_route(cfg):
+    route = destination.target_route(cfg.replace(targetip="10.0.0.9", targetport=25))
+    assert (route.protocol, route.host, route.port, route.mode) == ("SMTP", "10.0.0.9", 25,
+                                                                    "target")
+
+
+def test_unmap_v4_mapped_addresses():
+    assert destination.unmap("::ffff:127.0.0.1") == "127.0.0.1"
+    assert destination.unmap("2001:db8::1") == "2001:db8::1"
+    assert destination.unmap("10.0.0.1") == "10.0.0.1"
+
+
+def test_a_connection_without_conntrack_is_not_redirected(cfg):
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    try:
+        original = destination.original_destination(conn)
+        if original is None:  # no nat table in this namespace: ENOENT
+            with pytest.raises(NoDestination, match="not redirected"):
+                destination.transparent_route(conn, cfg)
+        else:  # nat loaded but this connection was not redirected: our own address
+            assert original == conn.getsockname()
+            with pytest.raises(NoDestination, match="loop"):
+                destination.transparent_route(conn, cfg)
+    finally:
+        for sock in (conn, client, listener):
+            sock.close()
+
+
+def test_connect_failure_is_an_upstream_error():
+    port = socket.create_server(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    route = destination.Route("POP3", "127.0.0.1", number, "target")
+    with pytest.raises(destination.UpstreamError, match="cannot connect to 127.0.0.1"):
+        destination.connect(route, 2)
