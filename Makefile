@@ -65,7 +65,9 @@ install:
 	$(PYTHON) -m pip install --quiet --no-compile --upgrade --target "$(DESTDIR)$(LIBDIR)" .
 	rm -rf "$(DESTDIR)$(LIBDIR)/bin"
 	install -d "$(DESTDIR)$(SBINDIR)"
-	sed -e 's|@PYTHON@|$(PYEXE)|' -e 's|@LIBDIR@|$(LIBDIR)|' init.d/p3scan.in > "$(DESTDIR)$(SBINDIR)/p3scan"
+	sed -e 's|@PYTHON@|$(PYEXE)|' \
+	  -e "s|@LIBDIR_FROM_SBIN@|$$($(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' '$(LIBDIR)' '$(SBINDIR)')|" \
+	  init.d/p3scan.in > "$(DESTDIR)$(SBINDIR)/p3scan"
 	chmod 0755 "$(DESTDIR)$(SBINDIR)/p3scan"
 	install -d -m 0755 "$(DESTDIR)$(CONFDIR)"
 	@if [ -e "$(DESTDIR)$(CONFDIR)/p3scan.conf" ]; then \

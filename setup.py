@@ -1,12 +1,14 @@
 """Packaging for p3scan (setuptools)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="p3scan",
     version="3.0.0",
     description="Transparent POP3/POP3S/SMTP proxy that scans mail for viruses",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="GPL-2.0-or-later",
     python_requires=">=3.11",

@@ -38,12 +38,14 @@ class SyslogHandler(logging.Handler):
         self.address = address
         self.facility = FACILITY_CODES[facility]
         self.sock: socket.socket | None = None
+        self.dropped = 0
 
     def _connect(self) -> socket.socket:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             sock = socket.socket(socket.AF_UNIX, kind)
             try:
                 sock.connect(self.address)
+                sock.setblocking(False)  # a stuck syslogd must never stall a mail session
                 return sock
             except OSError:
                 sock.close()
@@ -70,17 +72,34 @@ class SyslogHandler(logging.Handler):
         return f"<{pri}>{stamp} {IDENT}[{record.process}]: {text}".encode("utf-8", "replace")
 
     def _send(self, packet: bytes) -> None:
+        """Send without blocking; a line syslog cannot take now is dropped and counted."""
         for _attempt in range(2):
             try:
                 self.sock = self.sock or self._connect()
-                if self.sock.type == socket.SOCK_STREAM:
-                    self.sock.sendall(packet + b"\0")
-                else:
-                    self.sock.send(packet)
+                if self.dropped:
+                    self._transmit(self._dropped_notice())
+                    self.dropped = 0
+                self._transmit(packet)
+                return
+            except BlockingIOError:
+                self.dropped += 1
                 return
             except OSError:
                 self.close_socket()
-        # syslog is gone: drop the line rather than block or fail the session
+        self.dropped += 1
+
+    def _transmit(self, packet: bytes) -> None:
+        assert self.sock is not None
+        if self.sock.type == socket.SOCK_STREAM:
+            self.sock.sendall(packet + b"\0")
+        else:
+            self.sock.send(packet)
+
+    def _dropped_notice(self) -> bytes:
+        record = logging.LogRecord("p3scan", logging.WARNING, __file__, 0,
+                                   "%d log lines were dropped: syslog did not accept them",
+                                   (self.dropped,), None)
+        return self._packet(record)
 
     def close_socket(self) -> None:
         if self.sock is not None:

@@ -143,7 +143,8 @@ def test_a_stale_pidfile_is_replaced(dovecot, p3scan):
     os.chown(daemon.pidfile.parent, nobody.pw_uid, nobody.pw_gid)
     daemon.pidfile.write_text(f"{dead.pid}\n")
     daemon.start()
-    assert f"Removing stale PID file {daemon.pidfile} (PID {dead.pid} is not running)" in daemon.log()
+    stale = f"Removing stale PID file {daemon.pidfile} (PID {dead.pid} is not running)"
+    assert stale in daemon.log()
     assert daemon.master_pid == daemon.proc.pid
 
 

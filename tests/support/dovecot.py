@@ -48,7 +48,8 @@ class Dovecot:
         listener = ""
         if self.cert and self.key:
             ssl = f"yes\nssl_cert = <{self.cert}\nssl_key = <{self.key}"
-            listener = f"  inet_listener pop3s {{\n    port = {self.pop3s_port}\n    ssl = yes\n  }}\n"
+            listener = (f"  inet_listener pop3s {{\n    port = {self.pop3s_port}\n"
+                        "    ssl = yes\n  }\n")
         return f"""# private dovecot for p3scan's tests
 protocols = pop3
 listen = {self.listen}

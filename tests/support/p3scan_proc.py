@@ -89,8 +89,7 @@ class P3scan:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"p3scan exited with {self.proc.returncode}:\n{self.log()}")
-            return self.log().count("Forked worker") >= workers or (
-                "Listen now on" in self.log() and len(self.worker_pids()) >= workers)
+            return self.pidfile.exists() and len(self.worker_pids()) >= workers
 
         wait_until(ready, timeout, f"p3scan to listen on port {self.port}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan import cli, config, conffile
+from p3scan import cli, conffile, config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "p3scan-2.3.2-style.conf"
 

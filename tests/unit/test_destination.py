@@ -78,5 +78,5 @@ def test_connect_failure_is_an_upstream_error():
     number = port.getsockname()[1]
     port.close()
     route = destination.Route("POP3", "127.0.0.1", number, "target")
-    with pytest.raises(destination.UpstreamError, match="cannot connect to 127.0.0.1"):
+    with pytest.raises(destination.UpstreamError, match=r"cannot connect to 127\.0\.0\.1"):
         destination.connect(route, 2)
