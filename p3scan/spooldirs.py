@@ -69,7 +69,11 @@ def writable_by(path: str, account: Account) -> bool:
 
 
 def _create(path: str, account: Account) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    """Create ``path`` (0700) and any missing parents (0755), all owned by ``account``."""
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        _create(parent, account)
+        os.chmod(parent, 0o755)
     os.mkdir(path, 0o700)
     os.chown(path, account.uid, account.gid)
     os.chmod(path, 0o700)
