@@ -25,6 +25,7 @@ from p3scan.destination import (
 from p3scan.lines import Stream
 from p3scan.log import LOG
 from p3scan.pop3 import Pop3Session, useurl_handshake
+from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
 from p3scan.smtp import SmtpSession
 
@@ -47,7 +48,7 @@ def free_kbytes(path: str) -> int:
     return stat.f_bavail * stat.f_frsize // 1024
 
 
-def serve(conn: socket.socket, cfg: Any) -> SessionInfo | None:
+def serve(conn: socket.socket, cfg: Any, scanning: Scanning) -> SessionInfo | None:
     """Handle one client connection from accept to close; return what was logged."""
     peer = conn.getpeername()
     client = Stream(conn, "client", cfg.idletimeout)
@@ -64,7 +65,7 @@ def serve(conn: socket.socket, cfg: Any) -> SessionInfo | None:
         if upstream is None:
             return None
         info = SessionInfo((unmap(peer[0]), peer[1]), route)
-        SESSIONS[route.protocol](client, upstream, cfg, info).run()
+        SESSIONS[route.protocol](client, upstream, cfg, info, scanning).run()
         LOG.info("%s", info.summary())
         return info
     except OSError as err:

@@ -97,6 +97,11 @@ class Stream:
             if not self.fill():
                 return self._take(len(self.buf))
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer (what followed a block we decoded)."""
+        if data:
+            self.buf[self.pos:self.pos] = data
+
     def peek(self) -> bytes:
         """The buffered bytes, left in the buffer."""
         return bytes(self.buf[self.pos:])
@@ -160,3 +165,67 @@ def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bo
         write(src.take())
         total += len(chunk)
         context = (context + chunk)[-3:]
+
+
+class DotDecoder:
+    """Un-dot-stuff a multi-line reply as it streams in, and find its end (RFC 1939 §3).
+
+    Only lines that start with ``.`` need work, so the decoder searches for ``\\n.`` and
+    copies everything in between unchanged: bytes (CR, NUL, 8-bit, very long lines) are
+    never rewritten.  ``feed`` may be called with any chunking.
+    """
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.pending = b""
+        self.done = False
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Decode ``data``; after the terminator, ``done`` is set and the rest kept."""
+        data = self.pending + data if self.pending else data
+        self.pending = b""
+        out = bytearray()
+        pos = 0
+        while pos < len(data):
+            if self.at_line_start:
+                if data[pos] == 0x2E:  # "."
+                    nxt = data[pos + 1:pos + 3]
+                    if nxt[:1] == b"\n" or nxt == b"\r\n":
+                        self.done = True
+                        self.leftover = data[pos + 1 + (1 if nxt[:1] == b"\n" else 2):]
+                        return bytes(out)
+                    if nxt in (b"", b"\r"):
+                        self.pending = data[pos:]  # cannot tell yet
+                        return bytes(out)
+                    pos += 1  # drop the stuffing dot
+                self.at_line_start = False
+            idx = data.find(b"\n.", pos)
+            if idx < 0:
+                out += data[pos:]
+                self.at_line_start = data.endswith(b"\n")
+                break
+            out += data[pos:idx + 1]
+            pos = idx + 1
+            self.at_line_start = True
+        return bytes(out)
+
+
+class DotEncoder:
+    """Dot-stuff message bytes for the wire, chunk by chunk; ``end`` gives the terminator."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        out = data.replace(b"\n.", b"\n..")
+        if self.at_line_start and data[:1] == b".":
+            out = b"." + out
+        self.at_line_start = data.endswith(b"\n")
+        return out
+
+    def end(self) -> bytes:
+        """The terminating ``.`` line; a CRLF first if the data did not end a line."""
+        return b".\r\n" if self.at_line_start else b"\r\n.\r\n"

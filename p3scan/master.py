@@ -26,7 +26,17 @@ from typing import Any
 import lockfile
 from daemon import DaemonContext
 
-from p3scan import PROGNAME, __version__, config, log, pidfile, privileges, spooldirs
+from p3scan import (
+    PROGNAME,
+    __version__,
+    config,
+    log,
+    pidfile,
+    pipeline,
+    privileges,
+    scanners,
+    spooldirs,
+)
 from p3scan.log import LOG
 from p3scan.worker import BOOT_ERROR, BUSY, IDLE, READY, Worker
 
@@ -35,15 +45,6 @@ LOOP_TICK = 1.0
 BUSY_LOG_INTERVAL = 60.0
 MAX_EARLY_DEATHS = 5
 RESTART_ONLY = ("ip", "port", "backlog", "user", "pidfile", "debug", "foreground")
-SCANNER_NAMES = {
-    "basic": "Basic file invocation scanner",
-    "bash": "Bash file invocation scanner",
-    "clamd": "ClamAV daemon (INSTREAM)",
-    "avpd": "Kaspersky AVPDaemon",
-    "avpd_new": "Kaspersky Anti-Virus 5.x Daemon",
-    "trophie": "Trophie antivirus daemon (for Trend Antivirus)",
-    "eicar": "Built-in EICAR test-file detector",
-}
 
 
 class StartupError(Exception):
@@ -165,8 +166,13 @@ class Master:
     def _log_started(self, account: privileges.Account) -> None:
         cfg = self.cfg
         LOG.info("%s Version %s", PROGNAME, __version__)
-        LOG.info("Selected scannertype: %s (%s)", cfg.scannertype,
-                 SCANNER_NAMES.get(cfg.scannertype, ""))
+        scanner = scanners.create(cfg)
+        LOG.info("Selected scannertype: %s (%s)", scanner.name, scanner.description)
+        problem = scanner.check()
+        if problem:
+            LOG.warning("Scanner check: %s", problem)
+        for line in pipeline.unsupported_options(cfg):
+            LOG.warning("%s", line)
         LOG.info("Listen now on %s", _listen_text(cfg))
         if self.as_root:
             LOG.info("Changing uid (we are root)")

@@ -15,6 +15,7 @@ from typing import Any
 from p3scan.destination import NoDestination, Route, useurl_route
 from p3scan.lines import Stream, copy_block
 from p3scan.log import LOG
+from p3scan.pop3msg import Retrieval
 from p3scan.session import Session, SessionInfo, split_command
 
 BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
@@ -50,8 +51,9 @@ class Pop3Session(Session):
     protocol = "POP3"
     line_error = b"-ERR [SYS/PERM] p3scan: command line too long\r\n"
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo):
-        super().__init__(client, server, cfg, info)
+    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+                 scanning: Any):
+        super().__init__(client, server, cfg, info, scanning)
         self.verbs = {
             "CAPA": self.do_capa,
             "STLS": self.do_stls,
@@ -88,13 +90,21 @@ class Pop3Session(Session):
             copy_block(self.server, self.client.write)
 
     def do_message(self, line: bytes, verb: str, arg: str) -> None:
-        """RETR or TOP: relay the message and count it."""
+        """RETR, or TOP with enabletop: the reply is spooled and scanned before it is sent."""
+        if verb == "TOP" and not self.cfg.enabletop:
+            LOG.warning("Ignoring client TOP request.")
+            self.client.write(b"-ERR [SYS/PERM] p3scan: TOP is disabled here (enabletop)\r\n")
+            return
+        number = arg.partition(" ")[0] or "?"
+        if not number.isdigit() or int(number) < 1:
+            LOG.warning("%s msg %s (<1) !!!! ", verb, number)
         self.info.messages += 1
         self.server.write(line)
         status = self.server_line()
-        self.client.write(status)
-        if is_ok(status):
-            self.info.bytes += copy_block(self.server, self.client.write)
+        if not is_ok(status):
+            self.client.write(status)
+            return
+        Retrieval(self, status, number).run()
 
     def do_capa(self, line: bytes, verb: str, arg: str) -> None:
         """Relay CAPA without the capabilities the proxy cannot honour."""
@@ -115,7 +125,8 @@ class Pop3Session(Session):
         self.client.write(b"".join(reply))
 
     def hidden_capabilities(self) -> frozenset[str]:
-        return frozenset({"STLS"})
+        """STLS always (until TLS is supported), TOP unless enabletop."""
+        return frozenset({"STLS"} if self.cfg.enabletop else {"STLS", "TOP"})
 
     def do_stls(self, line: bytes, verb: str, arg: str) -> None:
         self.client.write(b"-ERR [SYS/PERM] p3scan: STLS is not available through this proxy\r\n")

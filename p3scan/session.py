@@ -27,6 +27,10 @@ class IdleTimeout(Exception):
     """Neither side sent anything for ``idletimeout`` seconds."""
 
 
+class AbortSession(Exception):
+    """The client has seen part of a reply that can no longer be completed correctly."""
+
+
 @dataclass
 class SessionInfo:
     """What the logs (and the notification templates) know about one session."""
@@ -67,11 +71,13 @@ class Session:
     protocol = ""
     line_error = b""  # reply to a client line that is too long
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo):
+    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+                 scanning: Any):
         self.client = client
         self.server = server
         self.cfg = cfg
         self.info = info
+        self.scanning = scanning
         self.done = False
         self.verbs: dict[str, Handler] = {}
 
@@ -100,6 +106,9 @@ class Session:
         except TimeoutError:
             LOG.warning("Connection timeout")
             self.info.outcome = "timeout"
+        except AbortSession as err:
+            LOG.error("ERR: %s", err)
+            self.info.outcome = f"error: {err}"
         except OSError as err:
             self.info.outcome = f"error: {err.strerror or err}"
 

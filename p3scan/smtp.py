@@ -53,8 +53,9 @@ class SmtpSession(Session):
     protocol = "SMTP"
     line_error = b"500 5.5.2 p3scan: command line too long\r\n"
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo):
-        super().__init__(client, server, cfg, info)
+    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+                 scanning: Any):
+        super().__init__(client, server, cfg, info, scanning)
         self.verbs = {
             "EHLO": self.do_ehlo,
             "STARTTLS": self.do_starttls,

@@ -17,6 +17,7 @@ from typing import Any
 
 from p3scan import connection, spooldirs
 from p3scan.log import LOG
+from p3scan.scanning import Scanning
 
 BOOT_ERROR = 3
 READY, BUSY, IDLE = b"R", b"B", b"I"
@@ -34,6 +35,7 @@ class Worker:
         self.master_pid = master_pid
         self.alive = True
         self.workdir = spooldirs.worker_dir(cfg, os.getpid())
+        self.scanning: Scanning | None = None
 
     def run(self) -> int:
         """Serve until told to stop; return the process exit status."""
@@ -57,6 +59,7 @@ class Worker:
         """Prepare what every session needs; failing here stops the master's respawn loop."""
         shutil.rmtree(self.workdir, ignore_errors=True)
         os.mkdir(self.workdir, 0o700)
+        self.scanning = Scanning(self.cfg, self.workdir)
 
     def _serve_until_done(self) -> None:
         limit = self.cfg.maxsessions
@@ -72,11 +75,12 @@ class Worker:
                 continue
             self._status(BUSY)
             try:
-                connection.serve(conn, self.cfg)
+                connection.serve(conn, self.cfg, self.scanning)
             except Exception:
                 LOG.exception("Unexpected error in a session")
             finally:
                 conn.close()
+                self.scanning.clear()
                 self._status(IDLE)
                 served += 1
         if limit and served >= limit:

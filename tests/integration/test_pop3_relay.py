@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from p3scan.scanning import CLEAN_HEADER
 from tests.support import pop3_transcript as pt
 from tests.support.dovecot import PASSWORD
 from tests.support.messages import standard_mailbox
@@ -11,10 +12,7 @@ from tests.support.messages import standard_mailbox
 pytestmark = pytest.mark.integration
 
 
-def without_stls(replies: list[bytes]) -> list[bytes]:
-    """CAPA through the proxy: the same, without the STLS line (the proxy cannot relay it)."""
-    return [reply.replace(b"STLS\r\n", b"") if b"\r\nUSER\r\n" in reply else reply
-            for reply in replies]
+HEADER = CLEAN_HEADER["POP3"].encode()
 
 
 def test_dovecot_offers_stls_so_filtering_is_exercised(dovecot):
@@ -26,18 +24,20 @@ def test_dovecot_offers_stls_so_filtering_is_exercised(dovecot):
 @pytest.mark.parametrize("kind", ["user", "auth"])
 def test_targetip_mode_is_byte_exact(dovecot, p3scan, kind):
     user = dovecot.mailbox(standard_mailbox())
-    direct = pt.transcript("127.0.0.1", dovecot.port, pt.scenario(user, PASSWORD, kind))
+    commands = pt.scenario(user, PASSWORD, kind)
+    direct = pt.transcript("127.0.0.1", dovecot.port, commands)
     daemon = p3scan(targetip="127.0.0.1", targetport=dovecot.port, enabletop=True).start()
-    proxied = pt.transcript("127.0.0.1", daemon.port, pt.scenario(user, PASSWORD, kind))
-    assert proxied == without_stls(direct)
-    assert b"STLS" not in proxied[1]
+    proxied = pt.transcript("127.0.0.1", daemon.port, commands)
+    assert proxied == pt.through_proxy(direct, commands, HEADER)
+    assert b"STLS" not in proxied[1] and b"\r\nTOP\r\n" in proxied[1]
+    assert proxied[9].startswith(b"+OK ") and HEADER in proxied[9]  # RETR 1
 
 
 def test_useurl_mode_is_byte_exact_after_the_greeting(dovecot, p3scan):
     user = dovecot.mailbox(standard_mailbox())
-    direct = pt.transcript("127.0.0.1", dovecot.port,
-                           [(f"USER {user}".encode(), False), (f"PASS {PASSWORD}".encode(), False),
-                            (b"CAPA", True)] + pt.mailbox_commands())
+    commands = [(f"USER {user}".encode(), False), (f"PASS {PASSWORD}".encode(), False),
+                (b"CAPA", True)] + pt.mailbox_commands()
+    direct = pt.transcript("127.0.0.1", dovecot.port, commands)
     daemon = p3scan(useurl=True, enabletop=True).start()
     target = f"USER {user}#127.0.0.1:{dovecot.port}".encode()
     proxied = pt.transcript("127.0.0.1", daemon.port,
@@ -46,4 +46,4 @@ def test_useurl_mode_is_byte_exact_after_the_greeting(dovecot, p3scan):
                             + pt.mailbox_commands())
     assert proxied[0] == b"+OK\r\n"
     assert proxied[1] == b"-ERR Not Identified\r\n"
-    assert proxied[2:] == without_stls(direct[1:])
+    assert proxied[2:] == pt.through_proxy(direct[1:], commands, HEADER, greeting=False)

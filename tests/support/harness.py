@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import threading
 from typing import Any
 
 from p3scan import config
 from p3scan.destination import Route
 from p3scan.lines import Stream
+from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
 
 
@@ -28,8 +31,11 @@ class Harness:
         self.cfg = test_config(**cfg)
         self.info = SessionInfo(("192.0.2.2", 40000),
                                 Route(protocol, "198.51.100.2", 110, "target"))
+        self.workdir = tempfile.mkdtemp(prefix="p3scan-harness-")
+        self.scanning = Scanning(self.cfg, self.workdir)
         self.session = session_class(Stream(client_ours, "client", 5),
-                                     Stream(server_ours, "server", 5), self.cfg, self.info)
+                                     Stream(server_ours, "server", 5), self.cfg, self.info,
+                                     self.scanning)
         self.thread = threading.Thread(target=self.session.run, daemon=True)
         self.client_reader = self.client.makefile("rb")
         self.server_reader = self.server.makefile("rb")
@@ -66,4 +72,5 @@ class Harness:
         self.client_reader.close()
         self.server_reader.close()
         self.thread.join(5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
         assert not self.thread.is_alive(), "the session did not end when both peers left"

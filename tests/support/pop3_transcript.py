@@ -80,3 +80,31 @@ def decode(output: str) -> list[bytes]:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def with_header(reply: bytes, header: bytes) -> bytes:
+    """What p3scan should send for a RETR/TOP ``reply``: ``header`` inserted where the
+    message header ends (the first empty line), and a ``+OK N octets`` count corrected."""
+    status, _, body = reply.partition(b"\r\n")
+    end = 0 if body.startswith(b"\r\n") else body.find(b"\r\n\r\n") + 2
+    if end == 1:  # no empty line: nothing is inserted
+        return reply
+    body = body[:end] + header + b"\r\n" + body[end:]
+    words = status.split(b" ")
+    if len(words) >= 3 and words[1].isdigit() and words[2].lower() == b"octets":
+        words[1] = str(int(words[1]) + len(header) + 2).encode()
+    return b" ".join(words) + b"\r\n" + body
+
+
+def through_proxy(direct: list[bytes], commands: list[Command], header: bytes,
+                  greeting: bool = True) -> list[bytes]:
+    """The transcript p3scan should produce, given the one straight from the server."""
+    names = ([b"(greeting)"] if greeting else []) + [line for line, _ in commands]
+    expected = []
+    for name, reply in zip(names, direct, strict=True):
+        if name.split(b" ")[0].upper() == b"CAPA":
+            reply = reply.replace(b"STLS\r\n", b"")
+        elif name.split(b" ")[0].upper() in (b"RETR", b"TOP") and reply.startswith(b"+OK"):
+            reply = with_header(reply, header)
+        expected.append(reply)
+    return expected

@@ -18,12 +18,31 @@ def pop():
     harness.finish()
 
 
-def test_capa_hides_stls_only_and_keeps_bytes(pop):
+CAPA = b"+OK list\r\nTOP\r\nUSER\r\nPIPELINING\r\nSTLS\r\nSASL PLAIN\r\n.\r\n"
+
+
+def test_capa_hides_stls_and_top_and_keeps_bytes(pop):
     pop.client_says(b"CAPA\r\n")
     assert pop.server_hears() == b"CAPA\r\n"
-    pop.server_says(b"+OK list\r\nTOP\r\nUSER\r\nPIPELINING\r\nSTLS\r\nSASL PLAIN\r\n.\r\n")
-    assert pop.client_hears_lines(6) == (b"+OK list\r\nTOP\r\nUSER\r\nPIPELINING\r\n"
-                                         b"SASL PLAIN\r\n.\r\n")
+    pop.server_says(CAPA)
+    assert pop.client_hears_lines(5) == b"+OK list\r\nUSER\r\nPIPELINING\r\nSASL PLAIN\r\n.\r\n"
+
+
+def test_capa_keeps_top_with_enabletop():
+    harness = Harness(Pop3Session, enabletop=True)
+    harness.start(b"+OK\r\n")
+    harness.client_says(b"CAPA\r\n")
+    assert harness.server_hears() == b"CAPA\r\n"
+    harness.server_says(CAPA)
+    assert harness.client_hears_lines(6) == (b"+OK list\r\nTOP\r\nUSER\r\nPIPELINING\r\n"
+                                             b"SASL PLAIN\r\n.\r\n")
+    harness.finish()
+
+
+def test_top_without_enabletop_is_refused_at_once(pop):
+    pop.client_says(b"TOP 1 0\r\nNOOP\r\n")
+    assert pop.client_hears().startswith(b"-ERR ")
+    assert pop.server_hears() == b"NOOP\r\n"  # TOP never reached the server
 
 
 def test_stls_is_answered_locally(pop):
@@ -67,9 +86,12 @@ def test_unknown_multiline_replies_are_still_relayed(pop):
 def test_long_lines_and_bare_lf_pass_unchanged(pop):
     pop.client_says(b"RETR 1\r\n")
     assert pop.server_hears() == b"RETR 1\r\n"
-    body = b"Subject: x\n\n" + b"z" * 20000 + b"\r\n..dot\r\n.\r\n"
-    pop.server_says(b"+OK\r\n" + body)
-    assert pop.client_hears(len(b"+OK\r\n" + body)) == b"+OK\r\n" + body
+    rest = b"\n" + b"z" * 20000 + b"\r\n..dot\r\n.\r\n"
+    pop.server_says(b"+OK 20 octets\r\nSubject: x\n" + rest)
+    header = pop.scanning.clean_header("POP3") + b"\n"  # the header block ends with a bare LF
+    expected = (b"+OK %d octets\r\n" % (len(b"Subject: x\n" + rest) - 4 + len(header))
+                + b"Subject: x\n" + header + rest)
+    assert pop.client_hears(len(expected)) == expected
 
 
 def test_error_replies_end_a_would_be_block(pop):

@@ -1,0 +1,177 @@
+"""The scan pipeline: steps in the original's order, ending in one :class:`Verdict`.
+
+The order is that of p3scan 2.3.2 (spec §9.2): attachment renaming, virus scan, spam check,
+HTML filter.  Each step is an object with a ``run(job)`` method that returns a verdict to
+stop with, or None to go on; later steps (spam, HTML) only ever see clean mail.  This
+module knows nothing of sockets or protocols: a session hands it a spooled message (a
+:class:`Job`) and gets a verdict back.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from p3scan import mimesplit
+from p3scan.log import LOG
+from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
+from p3scan.spool import Spool
+
+CLEAN, INFECTED, ERROR = "clean", "infected", "error"
+WAIT_GRACE = 5.0
+LATER_STEPS = {"renattach": "attachment renaming", "checkspam": "spam checking",
+               "overwrite": "the HTML filter"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one message: clean, infected (with names) or error (with a reason)."""
+
+    status: str
+    names: tuple[str, ...] = ()
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        if self.status == INFECTED:
+            return " & ".join(self.names)
+        return self.reason or self.status
+
+
+@dataclass
+class Job:
+    """One spooled message and what the steps may need to know about it."""
+
+    spool: Spool
+    workdir: str
+    deadline: float
+    values: dict[str, str | None] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Step(Protocol):
+    name: str
+
+    def run(self, job: Job) -> Verdict | None: ...
+
+
+class VirusStep:
+    """Scan the message, or with ``demime`` its MIME parts, with the configured scanner."""
+
+    name = "virus"
+
+    def __init__(self, scanner: Scanner, demime: bool):
+        self.scanner = scanner
+        self.demime = demime
+
+    def run(self, job: Job) -> Verdict | None:
+        ctx = ScanContext(job.deadline, job.workdir, job.values, job.env)
+        try:
+            result = self._scan(job.spool.path, ctx)
+        except (ScannerError, mimesplit.SplitError) as err:
+            return Verdict(ERROR, reason=str(err))
+        except OSError as err:
+            return Verdict(ERROR, reason=f"{self.scanner.name}: {err.strerror or err}")
+        if result.infected:
+            return Verdict(INFECTED, names=result.names)
+        if result.error:
+            return Verdict(ERROR, reason=result.error)
+        return None
+
+    def _scan(self, path: str, ctx: ScanContext) -> ScanResult:
+        if not self.demime:
+            return self.scanner.scan(path, ctx)
+        directory = path + ".dir"
+        os.mkdir(directory, 0o700)
+        try:
+            files = mimesplit.split(path, directory)
+            if self.scanner.dirscan:
+                return self.scanner.scan(directory, ctx)
+            if not files:
+                return self.scanner.scan(path, ctx)
+            return combine([self.scanner.scan(str(part), ctx) for part in files])
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+class Pipeline:
+    """The steps for one kind of session, built once per worker."""
+
+    def __init__(self, cfg: Any, scanner: Scanner):
+        self.cfg = cfg
+        self.scanner = scanner
+        self.steps: list[Step] = [VirusStep(scanner, cfg.demime)]
+
+    def run(self, job: Job) -> Verdict:
+        started = time.monotonic()
+        for step in self.steps:
+            verdict = step.run(job)
+            if verdict is not None:
+                return Verdict(verdict.status, verdict.names, verdict.reason,
+                               time.monotonic() - started)
+        return Verdict(CLEAN, seconds=time.monotonic() - started)
+
+    def start(self, job: Job) -> Running:
+        """Run in a thread, so that the session can keep the client alive meanwhile."""
+        return Running(self, job)
+
+
+class Running:
+    """A pipeline run in progress."""
+
+    def __init__(self, pipeline: Pipeline, job: Job):
+        self.job = job
+        self.started = time.monotonic()
+        self.verdict: Verdict | None = None
+        self.finished = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(pipeline,), daemon=True)
+        self.thread.start()
+
+    def _run(self, pipeline: Pipeline) -> None:
+        try:
+            self.verdict = pipeline.run(self.job)
+        except Exception as err:  # a bug in a step must not lose the message
+            LOG.exception("Scan pipeline failed")
+            self.verdict = Verdict(ERROR, reason=f"internal error: {err}")
+        finally:
+            self.finished.set()
+
+    def wait(self, timeout: float) -> Verdict | None:
+        """The verdict, or None if it is not there within ``timeout``; after the deadline
+        (plus a grace period for the scanner to notice it) an error verdict."""
+        if self.finished.wait(max(0.0, timeout)):
+            return self.verdict
+        if time.monotonic() > self.job.deadline + WAIT_GRACE:
+            return Verdict(ERROR, reason="the scan did not finish within scantimeout",
+                           seconds=time.monotonic() - self.started)
+        return None
+
+    def time_left(self) -> float:
+        return self.job.deadline + WAIT_GRACE - time.monotonic()
+
+
+def scanner_info(cfg: Any, scanner: Scanner) -> str | None:
+    """%VDINFO%: the ``footer`` command's output, else what the scanner says of itself."""
+    if not cfg.footer:
+        return scanner.version()
+    try:
+        result = subprocess.run(shlex.split(cfg.footer), capture_output=True, timeout=10,
+                                stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        LOG.warning("footer command %s failed: %s", cfg.footer, err)
+        return None
+    lines = [line.strip() for line in result.stdout.decode("utf-8", "replace").splitlines()]
+    return " ".join(line for line in lines if line)[:512] or None
+
+
+def unsupported_options(cfg: Any) -> list[str]:
+    """Options of later pipeline steps that are set but not available yet."""
+    return [f"{key} is set, but {what} is not available in this version; it is ignored"
+            for key, what in LATER_STEPS.items() if cfg.get(key)]

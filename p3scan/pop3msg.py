@@ -1,0 +1,170 @@
+"""One intercepted RETR (or TOP) reply: spool it, scan it, answer the client.
+
+A clean message goes back dot-stuffed exactly as the server sent it, with the X-P3Scan
+header inserted where the header ends; the status line is the server's, with the octet
+count corrected.  An infected one is quarantined (fsync'd) before the client gets the
+notification in its place.  When the scan fails, ``scanerror`` decides: ``tempfail``
+answers ``-ERR [SYS/TEMP]`` (RFC 3206) and leaves the message on the server, ``pass``
+delivers it marked unscanned, ``reject`` treats it like a virus.  Once keep-alive bytes have
+gone out no error reply is possible, so the connection is closed without the final ``.``:
+a client never takes a truncated message for a complete one.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import time
+from typing import TYPE_CHECKING
+
+from p3scan.keepalive import KeepAlive
+from p3scan.lines import DotDecoder, DotEncoder, PeerClosed
+from p3scan.log import LOG
+from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
+from p3scan.session import AbortSession, IdleTimeout
+from p3scan.spool import Spool, SpoolFull
+
+if TYPE_CHECKING:
+    from p3scan.pop3 import Pop3Session
+
+OCTETS = re.compile(rb"^(\+OK\s+)(\d+)(\s.*)?(\r?\n)$", re.IGNORECASE | re.DOTALL)
+BATCH = 256 * 1024
+
+
+def status_with_size(status: bytes, size: int) -> bytes:
+    """The server's ``+OK <n> octets`` with the true size of what follows."""
+    match = OCTETS.match(status)
+    if not match:
+        return status
+    return match.group(1) + str(size).encode() + (match.group(3) or b"") + match.group(4)
+
+
+class Retrieval:
+    """The reply to one RETR/TOP whose status line was ``+OK``."""
+
+    def __init__(self, session: Pop3Session, status: bytes, number: str):
+        self.session = session
+        self.cfg = session.cfg
+        self.client = session.client
+        self.server = session.server
+        self.scanning = session.scanning
+        self.status = status
+        self.number = number
+        self.keepalive = KeepAlive(self.client, self.server, self.cfg.timeout, self.cfg.broken)
+
+    def run(self) -> None:
+        spool = self.scanning.spool()
+        try:
+            verdict = self._download(spool)
+            spool.close()
+            values = self.scanning.values(self.session.info, spool)
+            if verdict is None:
+                verdict = self._scan(spool, values)
+            self.keepalive.absorb_noop_replies()
+            self.scanning.log_verdict("POP3", self.number, spool.size, verdict)
+            self._answer(spool, verdict, values)
+        except PeerClosed as err:
+            if err.side == self.server.name and not self.keepalive.started:
+                self.client.write(b"-ERR [SYS/TEMP] p3scan: the server closed the connection "
+                                  b"during the download\r\n")
+            raise
+        finally:
+            spool.remove()
+
+    # --- download ---------------------------------------------------------------------------
+
+    def _download(self, spool: Spool) -> Verdict | None:
+        """Stream the reply into the spool; a verdict only if the spool filled up."""
+        decoder = DotDecoder()
+        problem: Verdict | None = None
+        last_data = time.monotonic()
+        while not decoder.done:
+            if not self.server.buffered:
+                wait = min(self.keepalive.due_in(), self.cfg.idletimeout)
+                readable, _, _ = select.select([self.server], [], [], wait)
+                if not readable:
+                    if time.monotonic() - last_data >= self.cfg.idletimeout:
+                        raise IdleTimeout()
+                    self.keepalive.tick_if_due(scanning=False)
+                    continue
+                if not self.server.fill():
+                    raise PeerClosed(self.server.name, "closed the connection during a RETR")
+                last_data = time.monotonic()
+            data = decoder.feed(self.server.take())
+            if problem is None:
+                try:
+                    spool.write(data)
+                except SpoolFull as err:
+                    LOG.critical("ERR: Not enough space! %s", err)
+                    problem = Verdict(ERROR, reason=str(err))
+            self.keepalive.tick_if_due(scanning=False)
+        self.server.unread(decoder.leftover)
+        return problem
+
+    # --- scan -------------------------------------------------------------------------------
+
+    def _scan(self, spool: Spool, values: dict[str, str | None]) -> Verdict:
+        running = self.scanning.start(spool, values)
+        while True:
+            wait = min(self.keepalive.due_in(), max(0.05, running.time_left()))
+            verdict = running.wait(wait)
+            if verdict is not None:
+                return verdict
+            self.keepalive.tick_if_due(scanning=True)
+
+    # --- answer -----------------------------------------------------------------------------
+
+    def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
+        if verdict.status == CLEAN:
+            self._deliver(spool, self.scanning.clean_header("POP3"))
+        elif verdict.status == INFECTED:
+            self._replace(spool, verdict, values)
+        elif self.cfg.scanerror == "pass":
+            LOG.warning("Delivering POP3 message %s unscanned (scanerror = pass): %s",
+                        self.number, verdict.reason)
+            self._deliver(spool, self.scanning.unscanned_header(verdict.reason))
+        elif self.cfg.scanerror == "reject":
+            failed = Verdict(ERROR, (f"not scanned: {verdict.reason}",), verdict.reason)
+            self._replace(spool, failed, values)
+        else:
+            self._tempfail(verdict)
+
+    def _tempfail(self, verdict: Verdict) -> None:
+        LOG.error("ERR: POP3 message %s not delivered, the scan failed: %s (the message stays "
+                  "on the server)", self.number, verdict.reason)
+        if self.keepalive.started:
+            raise AbortSession("the scan failed after keep-alive began; closing without '.'")
+        self.client.write(f"-ERR [SYS/TEMP] p3scan: message {self.number} could not be "
+                          f"scanned ({verdict.reason}); try again later\r\n"
+                          .encode("utf-8", "replace"))
+
+    def _deliver(self, spool: Spool, header: bytes) -> None:
+        """The spooled message with ``header`` inserted at the end of its header block."""
+        extra = header + spool.header_eol if spool.header_end is not None else b""
+        cut = spool.header_end if spool.header_end is not None else spool.size
+        pieces = [spool.chunks(0, cut), [extra], spool.chunks(cut)]
+        self._send(spool.size + len(extra), (chunk for part in pieces for chunk in part))
+
+    def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
+        self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
+        if verdict.status == INFECTED:
+            self.scanning.log_verdict("POP3", self.number, spool.size, verdict)
+        notice = self.scanning.notification(spool, values)
+        self._send(len(notice), iter([notice]))
+
+    def _send(self, size: int, chunks) -> None:
+        """Status line (or the end of the keep-alive line), the data dot-stuffed, '.'."""
+        out = bytearray()
+        if self.keepalive.started:
+            self.keepalive.end_line()
+        else:
+            out += status_with_size(self.status, size)
+        encoder = DotEncoder()
+        for chunk in chunks:
+            out += encoder.feed(chunk)
+            if len(out) >= BATCH:
+                self.client.write(bytes(out))
+                out.clear()
+        out += encoder.end()
+        self.client.write(bytes(out))
+        self.session.info.bytes += size

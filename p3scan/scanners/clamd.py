@@ -1,0 +1,108 @@
+"""``clamd``: the ClamAV daemon over TCP (``host:port``) or a Unix socket (a path).
+
+The original spoke the retired STREAM command and took clamd's ``UNKNOWN COMMAND`` for
+"clean" (spec §10.4).  This uses zINSTREAM (4-byte big-endian chunk lengths, a zero-length
+end) and accepts only ``stream: OK`` as clean; any other reply is a scanner failure.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from typing import Any
+
+from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult
+
+DEFAULT = "127.0.0.1:3310"
+CHUNK = 64 * 1024
+MAX_REPLY = 8192
+FOUND = re.compile(r"^stream: (.+) FOUND$")
+
+
+def parse_address(spec: str) -> tuple[int, Any]:
+    """``/path/clamd.ctl`` (or ``unix:/path``) or ``host:port`` / ``[v6]:port``."""
+    if spec.startswith("unix:"):
+        spec = spec[5:]
+    if spec.startswith("/"):
+        return socket.AF_UNIX, spec
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ScannerError(f"clamd address {spec!r} is neither host:port nor a socket path")
+    return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
+
+
+class Clamd(Scanner):
+    name = "clamd"
+    description = "ClamAV daemon (INSTREAM)"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        self.spec = cfg.scanner or DEFAULT
+        self.family, self.address = parse_address(self.spec)
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.address)
+        except OSError as err:
+            sock.close()
+            raise ScannerError(f"cannot connect to clamd at {self.spec}: "
+                               f"{err.strerror or err}") from None
+        return sock
+
+    def _command(self, command: bytes, timeout: float = 5.0) -> str:
+        with self._connect(timeout) as sock:
+            sock.sendall(command)
+            return _reply(sock)
+
+    def check(self) -> str | None:
+        try:
+            reply = self._command(b"zPING\0")
+        except (ScannerError, OSError) as err:
+            return f"clamd does not answer: {err}; mail is refused for now (scanerror)"
+        return None if reply == "PONG" else f"clamd answered PING with {reply!r}"
+
+    def version(self) -> str | None:
+        try:
+            return self._command(b"zVERSION\0") or None
+        except (ScannerError, OSError):
+            return None
+
+    def scan(self, target: str, ctx: ScanContext) -> ScanResult:
+        try:
+            with self._connect(ctx.remaining()) as sock, open(target, "rb") as source:
+                sock.sendall(b"zINSTREAM\0")
+                try:
+                    while chunk := source.read(CHUNK):
+                        sock.settimeout(ctx.remaining())
+                        sock.sendall(struct.pack("!L", len(chunk)) + chunk)
+                    sock.sendall(struct.pack("!L", 0))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # clamd stopped reading (size limit); its reply says why
+                reply = _reply(sock)
+        except TimeoutError:
+            return ScanResult.failed(f"clamd at {self.spec} timed out")
+        except OSError as err:
+            return ScanResult.failed(f"clamd at {self.spec}: {err.strerror or err}")
+        return interpret(reply)
+
+
+def interpret(reply: str) -> ScanResult:
+    if reply == "stream: OK":
+        return ScanResult.clean()
+    match = FOUND.match(reply)
+    if match:
+        return ScanResult.virus([match.group(1)])
+    return ScanResult.failed(f"clamd replied {reply!r}")
+
+
+def _reply(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\0") and len(data) < MAX_REPLY:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.rstrip(b"\0\n").decode("utf-8", "replace")

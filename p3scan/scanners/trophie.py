@@ -1,0 +1,52 @@
+"""``trophie``: the Trophie daemon for Trend Micro's engine (spec §10.7).
+
+Request: the file path and LF.  Reply: ``1 <name>`` is a virus, ``0`` is clean; ``-1`` and
+anything unexpected are failures (the original delivered on unexpected replies).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult
+
+DEFAULT_SOCKET = "/var/run/trophie"
+
+
+class Trophie(Scanner):
+    name = "trophie"
+    description = "Trophie antivirus daemon (for Trend Antivirus)"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        self.socket = cfg.scanner or DEFAULT_SOCKET
+
+    def check(self) -> str | None:
+        return None if os.path.exists(self.socket) else f"{self.socket} does not exist"
+
+    def scan(self, target: str, ctx: ScanContext) -> ScanResult:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(ctx.remaining())
+        try:
+            sock.connect(self.socket)
+            sock.sendall(os.fsencode(target) + b"\n")
+            reply = b""
+            while b"\n" not in reply and len(reply) < 512:
+                chunk = sock.recv(512)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as err:
+            raise ScannerError(f"trophie at {self.socket}: {err.strerror or err}") from None
+        finally:
+            sock.close()
+        text = reply.split(b"\n", 1)[0].decode("latin-1").strip()
+        if text.startswith("1"):
+            return ScanResult.virus([text[2:].strip()])
+        if text == "0":
+            return ScanResult.clean()
+        if text.startswith("-1"):
+            return ScanResult.failed(f"trophie could not scan {target}")
+        return ScanResult.failed(f"trophie replied {text!r}")

@@ -1,0 +1,142 @@
+"""A message on disk while it is scanned: streamed in, memory bounded, mode 0600.
+
+The spool file holds the message exactly as the sender meant it (un-dot-stuffed, line ends
+untouched).  While it is written, the spool notes where the header ends (the first empty
+line), so that X-headers can be inserted there without ever changing the message's
+structure, and keeps the header block (up to :data:`HEADER_CAP`) for the logs and templates.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.header
+import email.parser
+import email.policy
+import os
+import tempfile
+from collections.abc import Iterator
+from email.message import Message
+
+HEADER_CAP = 256 * 1024
+READ_CHUNK = 256 * 1024
+SPACE_CHECK_EVERY = 8 * 1024 * 1024
+
+
+class SpoolFull(Exception):
+    """Writing would leave less free space than ``bytesfree`` allows."""
+
+
+def free_kbytes(path: str) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize // 1024
+
+
+class Spool:
+    """One message being received into ``directory``."""
+
+    def __init__(self, directory: str, *, min_free_kb: int = 0):
+        fd, self.path = tempfile.mkstemp(prefix="p3scan.", suffix=".eml", dir=directory)
+        self.file = os.fdopen(fd, "wb", buffering=READ_CHUNK)
+        self.directory = directory
+        self.min_free_kb = min_free_kb
+        self.size = 0
+        self.header_end: int | None = None  # offset of the empty line after the header
+        self.header_eol = b"\r\n"  # the line end that empty line uses
+        self.header = bytearray()
+        self._tail = b"\n"  # the message starts at a line start
+        self._next_space_check = 0
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.header_end is None:
+            self._scan_header(data)
+        if self.size >= self._next_space_check:
+            self._check_space()
+        self.file.write(data)
+        self.size += len(data)
+
+    def _scan_header(self, data: bytes) -> None:
+        combined = self._tail + data
+        found = [i for i in (combined.find(b"\n\n"), combined.find(b"\n\r\n")) if i >= 0]
+        if not found:
+            self._keep_header(data)
+            self._tail = combined[-2:]
+            return
+        idx = min(found)
+        start = self.size - len(self._tail) + idx + 1  # the empty line itself
+        self.header_end = start
+        self.header_eol = b"\n" if combined[idx + 1:idx + 2] == b"\n" else b"\r\n"
+        self._keep_header(data[: max(0, start - self.size)])
+
+    def _keep_header(self, data: bytes) -> None:
+        room = HEADER_CAP - len(self.header)
+        if room > 0:
+            self.header += data[:room]
+
+    def _check_space(self) -> None:
+        self._next_space_check = self.size + SPACE_CHECK_EVERY
+        if self.min_free_kb and free_kbytes(self.directory) < self.min_free_kb:
+            raise SpoolFull(f"less than {self.min_free_kb} KB free in {self.directory}")
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+            self.file.close()
+
+    def sync(self) -> None:
+        """Flush the message to disk (before a quarantine copy counts as kept)."""
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        else:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` to ``end`` in large pieces."""
+        end = self.size if end is None else end
+        with open(self.path, "rb") as handle:
+            handle.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                piece = handle.read(min(READ_CHUNK, remaining))
+                if not piece:
+                    break
+                remaining -= len(piece)
+                yield piece
+
+    def headers(self) -> Message:
+        """The parsed header block (only what was kept)."""
+        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            bytes(self.header))
+
+
+def header_text(headers: Message, name: str, limit: int = 256) -> str | None:
+    """A header's value, RFC 2047-decoded, unfolded, without control characters, bounded."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        parts = email.header.decode_header(str(raw))
+        text = str(email.header.make_header(parts))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        text = str(raw)
+    text = " ".join(text.split())
+    text = "".join(char for char in text if char.isprintable())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
