@@ -31,12 +31,14 @@ OCTETS = re.compile(rb"^(\+OK\s+)(\d+)(\s.*)?(\r?\n)$", re.IGNORECASE | re.DOTAL
 BATCH = 256 * 1024
 
 
-def status_with_size(status: bytes, size: int) -> bytes:
-    """The server's ``+OK <n> octets`` with the true size of what follows."""
+def status_with_size(status: bytes, size: int | None = None, added: int = 0) -> bytes:
+    """The server's ``+OK <n> octets`` with ``n`` set to ``size``, or increased by ``added``
+    (the bytes p3scan inserted, so the server's own way of counting is kept)."""
     match = OCTETS.match(status)
     if not match:
         return status
-    return match.group(1) + str(size).encode() + (match.group(3) or b"") + match.group(4)
+    count = size if size is not None else int(match.group(2)) + added
+    return match.group(1) + str(count).encode() + (match.group(3) or b"") + match.group(4)
 
 
 class Retrieval:
@@ -143,22 +145,22 @@ class Retrieval:
         extra = header + spool.header_eol if spool.header_end is not None else b""
         cut = spool.header_end if spool.header_end is not None else spool.size
         pieces = [spool.chunks(0, cut), [extra], spool.chunks(cut)]
-        self._send(spool.size + len(extra), (chunk for part in pieces for chunk in part))
+        status = status_with_size(self.status, added=len(extra))
+        self._send(status, spool.size + len(extra), (chunk for part in pieces for chunk in part))
 
     def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
         self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
-        if verdict.status == INFECTED:
-            self.scanning.log_verdict("POP3", self.number, spool.size, verdict)
+        self.scanning.log_virus(values)
         notice = self.scanning.notification(spool, values)
-        self._send(len(notice), iter([notice]))
+        self._send(status_with_size(self.status, len(notice)), len(notice), iter([notice]))
 
-    def _send(self, size: int, chunks) -> None:
+    def _send(self, status: bytes, size: int, chunks) -> None:
         """Status line (or the end of the keep-alive line), the data dot-stuffed, '.'."""
         out = bytearray()
         if self.keepalive.started:
             self.keepalive.end_line()
         else:
-            out += status_with_size(self.status, size)
+            out += status
         encoder = DotEncoder()
         for chunk in chunks:
             out += encoder.feed(chunk)

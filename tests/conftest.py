@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.support.clamd import Clamd
 from tests.support.dovecot import Dovecot
 from tests.support.p3scan_proc import P3scan
 from tests.support.procs import require_root
@@ -83,3 +84,12 @@ def p3scan(scratch: Path) -> Iterator[Callable[..., P3scan]]:
     yield make
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(world_tmp: Path) -> Iterator[Clamd]:
+    """One private clamd for the whole run (TCP on loopback and a Unix socket)."""
+    require_root("clamd")
+    server = Clamd(world_tmp / "clamd").start()
+    yield server
+    server.stop()

@@ -7,6 +7,8 @@ import socketserver
 import threading
 from collections.abc import Callable
 
+from tests.support.oracle import content, wire
+
 Responder = Callable[[bytes], bytes | None]
 
 
@@ -65,18 +67,9 @@ def simple_pop3(greeting: bytes = b"+OK fake pop3 ready\r\n",
             if number not in messages:
                 return b"-ERR no such message\r\n"
             body = messages[number]
-            return b"+OK %d octets\r\n" % len(body) + stuff(body) + b".\r\n"
+            return b"+OK %d octets\r\n" % len(content(body)) + wire(body)
         if verb == b"CAPA":
             return b"+OK\r\nUSER\r\nTOP\r\nPIPELINING\r\nSTLS\r\nUIDL\r\n.\r\n"
         return b"+OK\r\n"
 
     return FakeServer(greeting, respond)
-
-
-def stuff(body: bytes) -> bytes:
-    """Dot-stuff a message for the wire and make it end with CRLF."""
-    lines = body.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = b"\n".join(b"." + line if line.startswith(b".") else line for line in lines)
-    return out + (b"\n" if out.endswith(b"\r") else b"\r\n")
