@@ -40,7 +40,8 @@ class Verdict:
 
     @property
     def text(self) -> str:
-        if self.status == INFECTED:
+        """The virus names, or else the reason, for logs and %VIRUSNAME%."""
+        if self.names:
             return " & ".join(self.names)
         return self.reason or self.status
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 
 from tests.support.oracle import content, wire
 
-Responder = Callable[[bytes], bytes | None]
+Action = bytes | float | None  # bytes to send, seconds to pause, None to hang up
+Responder = Callable[[bytes], Action | list[Action]]
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -20,8 +22,9 @@ class _Server(socketserver.ThreadingTCPServer):
 class FakeServer:
     """A line-based TCP server: sends ``greeting``, then ``respond(line)`` per client line.
 
-    ``respond`` returns the bytes to send, or None to close the connection (QUIT closes
-    after its reply).  Every line received is recorded in ``received``.
+    ``respond`` returns the bytes to send, None to close the connection, or a list of
+    such actions and pauses (a float: seconds) to script a slow or broken server.  QUIT
+    closes after its reply.  Every line received is recorded in ``received``.
     """
 
     def __init__(self, greeting: bytes, respond: Responder, host: str = "127.0.0.1"):
@@ -34,9 +37,13 @@ class FakeServer:
                 for line in self.rfile:
                     outer.received.append(line)
                     reply = respond(line)
-                    if reply is None:
-                        return
-                    self.wfile.write(reply)
+                    for action in reply if isinstance(reply, list) else [reply]:
+                        if action is None:
+                            return
+                        if isinstance(action, float):
+                            time.sleep(action)
+                        else:
+                            self.wfile.write(action)
                     if line.strip().upper() == b"QUIT":
                         return
 
@@ -53,11 +60,17 @@ class FakeServer:
 
 
 def simple_pop3(greeting: bytes = b"+OK fake pop3 ready\r\n",
-                messages: dict[int, bytes] | None = None) -> FakeServer:
-    """A fake POP3 server that accepts any login and serves ``messages`` (dot-stuffed)."""
-    messages = messages or {}
+                messages: dict[int, bytes] | None = None,
+                special: dict[bytes, Action | list[Action]] | None = None) -> FakeServer:
+    """A fake POP3 server that accepts any login and serves ``messages`` (dot-stuffed).
 
-    def respond(line: bytes) -> bytes | None:
+    ``special`` scripts the reply to particular command lines (without CRLF)."""
+    messages = {} if messages is None else messages
+    special = special or {}
+
+    def respond(line: bytes) -> Action | list[Action]:
+        if line.strip() in special:
+            return special[line.strip()]
         verb, _, arg = line.strip().partition(b" ")
         verb = verb.upper()
         if verb == b"QUIT":
