@@ -165,7 +165,7 @@ def start_dovecot(ws: Workspace) -> Dovecot:
 
 def start_p3scan(ws: Workspace, target_port: int, name: str, **options) -> P3scan:
     daemon = P3scan(ws.path / name, targetip="127.0.0.1", targetport=target_port,
-                    maxchilds=4, **options)
+                    **{"maxchilds": 4, **options})
     return daemon.start()
 
 

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 
 MAX_LINE = 16 * 1024
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 TERMINATORS = (b"\n.\r\n", b"\n.\n")
 
 
@@ -183,6 +183,11 @@ class DotDecoder:
 
     def feed(self, data: bytes) -> bytes:
         """Decode ``data``; after the terminator, ``done`` is set and the rest kept."""
+        if not self.pending and b"\n." not in data and not (
+                self.at_line_start and data[:1] == b"."):
+            if data:
+                self.at_line_start = data.endswith(b"\n")
+            return data  # nothing to un-stuff: no copy
         data = self.pending + data if self.pending else data
         self.pending = b""
         out = bytearray()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import select
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from p3scan.keepalive import KeepAlive
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from p3scan.pop3 import Pop3Session
 
 OCTETS = re.compile(rb"^(\+OK\s+)(\d+)(\s.*)?(\r?\n)$", re.IGNORECASE | re.DOTALL)
-BATCH = 256 * 1024
 
 
 def status_with_size(status: bytes, size: int | None = None, added: int = 0) -> bytes:
@@ -154,19 +154,22 @@ class Retrieval:
         notice = self.scanning.notification(spool, values)
         self._send(status_with_size(self.status, len(notice)), len(notice), iter([notice]))
 
-    def _send(self, status: bytes, size: int, chunks) -> None:
-        """Status line (or the end of the keep-alive line), the data dot-stuffed, '.'."""
-        out = bytearray()
+    def _send(self, status: bytes, size: int, chunks: Iterator[bytes]) -> None:
+        """Status line (or the end of the keep-alive line), the data dot-stuffed, '.'.
+
+        Each chunk goes out in one write, the status line with the first and the final
+        ``.`` with the last, so a message costs few system calls and no small packets."""
         if self.keepalive.started:
             self.keepalive.end_line()
-        else:
-            out += status
+            status = b""
         encoder = DotEncoder()
+        pending, first = status, True
         for chunk in chunks:
-            out += encoder.feed(chunk)
-            if len(out) >= BATCH:
-                self.client.write(bytes(out))
-                out.clear()
-        out += encoder.end()
-        self.client.write(bytes(out))
+            data = encoder.feed(chunk)
+            if first:
+                pending, first = pending + data, False
+                continue
+            self.client.write(pending)
+            pending = data
+        self.client.write(pending + encoder.end())
         self.session.info.bytes += size

@@ -70,6 +70,7 @@ class Spool:
         self.header_end = start
         self.header_eol = b"\n" if combined[idx + 1:idx + 2] == b"\n" else b"\r\n"
         self._keep_header(data[: max(0, start - self.size)])
+        del self.header[start:]  # a CR of the empty line may have come in the last read
 
     def _keep_header(self, data: bytes) -> None:
         room = HEADER_CAP - len(self.header)

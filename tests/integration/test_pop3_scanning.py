@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -216,3 +217,75 @@ def test_justdelete_keeps_no_copy(dovecot, clamd, p3scan):
     reply, = retr_all(daemon.port, user, 1)
     assert b"Per instruction, the message has been deleted." in reply
     assert quarantined(daemon) == []
+
+
+def _stream_retr(port: int, user: str, drop: bytes = b"") -> tuple[int, str, bytes]:
+    """RETR 1 read in chunks: (bytes received, sha256 without ``drop``, status line)."""
+    digest = hashlib.sha256()
+    total = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\nRETR 1\r\n".encode())
+        reader.readline()
+        reader.readline()
+        status = reader.readline()
+        first = reader.read(65536)
+        total += len(first)
+        digest.update(first.replace(drop, b"", 1) if drop else first)
+        tail = first[-5:]
+        while not tail.endswith(b"\r\n.\r\n"):
+            chunk = reader.read1(1 << 20)
+            assert chunk, "connection closed before the end of the message"
+            total += len(chunk)
+            digest.update(chunk)
+            tail = (tail + chunk)[-5:]
+        sock.sendall(b"QUIT\r\n")
+    return total, digest.hexdigest(), status
+
+
+def test_a_100_mb_message_streams_with_bounded_memory(dovecot, proxy):
+    line = b"0123456789 the quick brown fox jumps over the lazy dog 0123456789abcdef\r\n"
+    big = message("big", line * (100 * 1024 * 1024 // len(line)))
+    user = dovecot.mailbox([big])
+    del big
+    direct_size, direct_digest, direct_status = _stream_retr(dovecot.port, user)
+    size, digest, status = _stream_retr(proxy.port, user, drop=HEADER + b"\r\n")
+    assert size == direct_size + len(HEADER) + 2
+    assert digest == direct_digest
+    assert status == pt.with_header(direct_status + b"\r\n\r\n", HEADER).partition(b"\r\n")[0] \
+        + b"\r\n"
+    peak = max(_peak_kb(pid) for pid in proxy.worker_pids())
+    assert peak < 40 * 1024, f"a worker reached {peak} KB resident"
+
+
+def _peak_kb(pid: int) -> int:
+    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if text.startswith("VmHWM:"):
+            return int(text.split()[1])
+    return 0
+
+
+def test_basic_scanner_with_real_clamdscan_and_virusregexp(dovecot, clamd, p3scan, scratch):
+    require_program("/usr/bin/clamdscan", "clamdscan")
+    conf = scratch / "clamd-client.conf"
+    conf.write_text(f"LocalSocket {clamd.socket}\n")
+    conf.chmod(0o644)
+    daemon = p3scan(targetip="127.0.0.1", targetport=dovecot.port, scannertype="basic",
+                    scanner=f"/usr/bin/clamdscan --no-summary --stream --config-file={conf}",
+                    viruscode="1", virusregexp=".*: (.*) FOUND").start()
+    user = dovecot.mailbox([eicar_base64(), standard_mailbox()[0]])
+    infected, clean = retr_all(daemon.port, user, 2)
+    assert_notification(infected, EICAR_NAME)
+    assert HEADER in clean and clean.startswith(b"+OK ")
+
+
+def test_dele_and_quit_pass_through(dovecot, proxy):
+    user = dovecot.mailbox(standard_mailbox())
+    commands = pt.login_commands(user, PASSWORD) + [(b"DELE 1", False), (b"QUIT", False)]
+    replies = pt.transcript("127.0.0.1", proxy.port, commands)
+    assert replies[4] == b"+OK Marked to be deleted.\r\n"
+    assert replies[5] == b"+OK Logging out, messages deleted.\r\n"
+    stat_reply = pt.transcript("127.0.0.1", dovecot.port, pt.login_commands(user, PASSWORD)
+                               + [(b"STAT", False)])[-1]
+    assert stat_reply.startswith(b"+OK 2 ")

@@ -25,7 +25,7 @@ CLAM_NAME = "P3scanTest.ClamExe.UNOFFICIAL"
 class Clamd:
     """clamd on a TCP port on loopback and a Unix socket, started in the foreground."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, *, cache: bool = True):
         require_program("/usr/sbin/clamd", "clamav-daemon")
         require_program("/usr/bin/sigtool", "clamav")
         require_program(str(CLAM_EXE), "clamav-testfiles")
@@ -33,6 +33,7 @@ class Clamd:
         self.port = free_port()
         self.socket = base / "clamd.sock"
         self.proc: subprocess.Popen | None = None
+        self.cache = cache
         for sub in ("db", "tmp"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o755)
@@ -68,6 +69,7 @@ MaxFileSize 300M
 ScanMail yes
 ScanArchive yes
 SelfCheck 3600
+DisableCache {"no" if self.cache else "yes"}
 """
 
     def start(self) -> Clamd:

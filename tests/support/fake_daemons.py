@@ -55,7 +55,7 @@ class FakeDaemon:
             self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(address)
         self.listener.listen(8)
-        self.listener.settimeout(0.05)
+        self.listener.settimeout(0.01)
         self.address: Any = self.listener.getsockname()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -85,6 +85,8 @@ class FakeDaemon:
 
     def close(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
         self._thread.join(5)
         self.listener.close()
         if isinstance(self.address, str):
