@@ -134,12 +134,9 @@ def check_path(value: Any) -> str:
 def check_command(value: Any) -> str:
     """A program with arguments, split like a shell would (but never run by one)."""
     text = _text(value).strip()
-    try:
-        words = shlex.split(text)
-    except ValueError as err:
-        raise Invalid(f"a command line with balanced quotes ({err})") from None
-    if not words:
-        raise Invalid("a command line")
+    problem = command_problem(text)
+    if problem:
+        raise Invalid(problem.removeprefix("expected "))
     return text
 
 
@@ -183,6 +180,22 @@ def check_regexp(value: Any) -> str:
     except pcre.PatternError as err:
         raise Invalid(f"a regular expression that compiles ({err})") from None
     return text
+
+
+def command_problem(text: str) -> str | None:
+    """Why a command line cannot be split into arguments, if it cannot."""
+    try:
+        return None if shlex.split(text) else "expected a command"
+    except ValueError as err:
+        return f"expected a command line with balanced quotes ({err})"
+
+
+def clamd_address_ok(text: str) -> bool:
+    """``/path``, ``unix:/path``, ``host:port`` or ``[v6]:port`` with a port 1-65535."""
+    if text.startswith(("/", "unix:/")):
+        return True
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 CHECKS: dict[str, Callable[..., Any]] = {

@@ -435,7 +435,15 @@ def _absolute(value: Any, base: str) -> Any:
 
 def _cross_checks(values: dict[str, Any], sources: dict[str, str]) -> Iterable[str]:
     """Rules that involve more than one option."""
-    if values["scannertype"] in ("basic", "bash") and not values["scanner"]:
+    kind, scanner = values["scannertype"], values["scanner"]
+    if kind in ("basic", "bash") and not scanner:
         where = sources.get("scannertype", "default")
-        yield (f"{where}: scannertype {values['scannertype']} needs 'scanner', the command "
-               "to run (p3scan 2.3.2 relayed mail unscanned instead)")
+        yield (f"{where}: scannertype {kind} needs 'scanner', the command to run (p3scan "
+               "2.3.2 relayed mail unscanned instead)")
+    if kind in ("basic", "bash") and scanner:
+        problem = checks.command_problem(scanner)
+        if problem:
+            yield f"{sources.get('scanner', 'default')}: scanner = {scanner}: {problem}"
+    if kind == "clamd" and scanner and not checks.clamd_address_ok(scanner):
+        yield (f"{sources.get('scanner', 'default')}: scanner = {scanner}: expected clamd's "
+               "host:port ([v6addr]:port) or the path of its socket")

@@ -22,6 +22,7 @@ PIECE = 64 * 1024
 MAX_HEADER = 64 * 1024
 MAX_PARTS = 5000
 MAX_DEPTH = 20
+FRAMING = ("preamble", "epilogue")  # blank lines around a multipart's parts make no file
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -29,7 +30,8 @@ Stop = tuple[bytes, bool] | None  # the boundary that ended a body, and whether 
 
 
 class SplitError(Exception):
-    """The message cannot be split within the limits (too many parts)."""
+    """The message cannot be split within the limits (too many or too deeply nested parts);
+    scanning less than the whole message would be unsafe, so this is a scan failure."""
 
 
 def safe_name(name: str | None, default: str) -> str:
@@ -83,13 +85,15 @@ class _Splitter:
             return stop
         headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
         ctype = headers.get_content_type()
-        boundary = headers.get_param("boundary")
-        if ctype.startswith("multipart/") and isinstance(boundary, str) and depth < MAX_DEPTH:
+        boundary = headers.get_boundary()  # RFC 2231 forms included
+        nested = (ctype.startswith("multipart/") and boundary) or ctype == "message/rfc822"
+        if nested and depth >= MAX_DEPTH:
+            raise SplitError(f"MIME parts nested deeper than {MAX_DEPTH} levels")
+        if ctype.startswith("multipart/") and boundary:
             return self._multipart(b"--" + boundary.encode("latin-1", "replace"), boundaries,
                                    depth)
         encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-        if ctype == "message/rfc822" and depth < MAX_DEPTH and encoding in (
-                "7bit", "8bit", "binary"):
+        if ctype == "message/rfc822" and encoding in ("7bit", "8bit", "binary"):
             return self.entity(boundaries, depth + 1)
         name = headers.get_filename() or headers.get_param("name")
         default = "textfile" if ctype.startswith("text/") else "part"
@@ -133,7 +137,7 @@ class _Splitter:
                     if stop is not None:
                         break
                 data = decoder.feed(piece)
-                if data:
+                if data and (out or not (name in FRAMING and data.isspace())):
                     out = out or self._open(name)
                     out.write(data)
             tail = decoder.flush()

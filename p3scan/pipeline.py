@@ -97,9 +97,22 @@ class VirusStep:
                 return self.scanner.scan(directory, ctx)
             if not files:
                 return self.scanner.scan(path, ctx)
-            return combine([self.scanner.scan(str(part), ctx) for part in files])
+            return self._scan_parts(files, ctx)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def _scan_parts(self, files: list, ctx: ScanContext) -> ScanResult:
+        """Each part on its own; a failing part never hides a virus found in another."""
+        results = []
+        for part in files:
+            try:
+                result = self.scanner.scan(str(part), ctx)
+            except (ScannerError, OSError) as err:
+                result = ScanResult.failed(str(err))
+            results.append(result)
+            if result.infected:
+                break
+        return combine(results)
 
 
 class Pipeline:

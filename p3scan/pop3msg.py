@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from p3scan.keepalive import KeepAlive
-from p3scan.lines import DotDecoder, DotEncoder, PeerClosed
+from p3scan.lines import DotDecoder, PeerClosed, send_stuffed
 from p3scan.log import LOG
 from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
 from p3scan.session import AbortSession, IdleTimeout
@@ -142,11 +142,8 @@ class Retrieval:
 
     def _deliver(self, spool: Spool, header: bytes) -> None:
         """The spooled message with ``header`` inserted at the end of its header block."""
-        extra = header + spool.header_eol if spool.header_end is not None else b""
-        cut = spool.header_end if spool.header_end is not None else spool.size
-        pieces = [spool.chunks(0, cut), [extra], spool.chunks(cut)]
-        status = status_with_size(self.status, added=len(extra))
-        self._send(status, spool.size + len(extra), (chunk for part in pieces for chunk in part))
+        size, chunks = spool.with_header(header)
+        self._send(status_with_size(self.status, added=size - spool.size), size, chunks)
 
     def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
         self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
@@ -155,21 +152,9 @@ class Retrieval:
         self._send(status_with_size(self.status, len(notice)), len(notice), iter([notice]))
 
     def _send(self, status: bytes, size: int, chunks: Iterator[bytes]) -> None:
-        """Status line (or the end of the keep-alive line), the data dot-stuffed, '.'.
-
-        Each chunk goes out in one write, the status line with the first and the final
-        ``.`` with the last, so a message costs few system calls and no small packets."""
+        """The status line (or, after keep-alive, the end of its line), then the data."""
         if self.keepalive.started:
             self.keepalive.end_line()
             status = b""
-        encoder = DotEncoder()
-        pending, first = status, True
-        for chunk in chunks:
-            data = encoder.feed(chunk)
-            if first:
-                pending, first = pending + data, False
-                continue
-            self.client.write(pending)
-            pending = data
-        self.client.write(pending + encoder.end())
+        send_stuffed(self.client.write, chunks, status)
         self.session.info.bytes += size

@@ -122,6 +122,15 @@ class Spool:
                 remaining -= len(piece)
                 yield piece
 
+    def with_header(self, header: bytes) -> tuple[int, Iterator[bytes]]:
+        """The message with ``header`` inserted where its header ends (nothing is inserted
+        when it has no empty line, so its structure never changes): (size, chunks)."""
+        if self.header_end is None:
+            return self.size, self.chunks()
+        extra = header + self.header_eol
+        parts = (self.chunks(0, self.header_end), [extra], self.chunks(self.header_end))
+        return self.size + len(extra), (chunk for part in parts for chunk in part)
+
     def headers(self) -> Message:
         """The parsed header block (only what was kept)."""
         return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(

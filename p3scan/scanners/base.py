@@ -36,7 +36,8 @@ class ScanResult:
 
     @classmethod
     def virus(cls, names: list[str] | tuple[str, ...]) -> ScanResult:
-        return cls(infected=True, names=tuple(names) or (NO_NAME,))
+        kept = tuple(name.strip() for name in names if name.strip())
+        return cls(infected=True, names=kept or (NO_NAME,))
 
     @classmethod
     def failed(cls, reason: str) -> ScanResult:

@@ -65,7 +65,12 @@ class Basic(Scanner):
             match = pattern.search(line)
             if match and match.group(group):
                 names.append(match.group(group).strip())
-        return names if len(" & ".join(names)) <= MAX_NAMES else names[:10]
+        kept: list[str] = []
+        for name in names:
+            if len(" & ".join([*kept, name])) > MAX_NAMES:
+                break
+            kept.append(name)
+        return kept or [name[:MAX_NAMES] for name in names[:1]]
 
 
 class Bash(Basic):
@@ -79,5 +84,10 @@ class Bash(Basic):
     description = "Bash file invocation scanner"
 
     def arguments(self, target: str, ctx: ScanContext) -> list[str]:
-        values = [(ctx.values.get(key) or "(null)").replace("\0", "") for key in BASH_ARGUMENTS]
+        values = [_argument(ctx.values.get(key)) for key in BASH_ARGUMENTS]
         return [*self.argv, target, *values]
+
+
+def _argument(value: str | None) -> str:
+    """An unset value is "(null)" as in the original; NUL cannot go into an argument."""
+    return "(null)" if value is None else value.replace("\0", "")

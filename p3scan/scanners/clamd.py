@@ -27,7 +27,7 @@ def parse_address(spec: str) -> tuple[int, Any]:
     if spec.startswith("/"):
         return socket.AF_UNIX, spec
     host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ScannerError(f"clamd address {spec!r} is neither host:port nor a socket path")
     return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
 

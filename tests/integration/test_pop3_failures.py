@@ -200,3 +200,26 @@ def test_no_shell_ever_sees_mail_data(p3scan, scratch):
     assert payload in args  # the subject, as one argument
     assert args[1].startswith("x$(touch ")  # MAILFROM, cut to 256 characters
     assert payload in args  # the user name
+
+
+def test_altvnmsg_lets_the_scanner_write_the_notification(p3scan, scratch):
+    """altvnmsg: the template is copied per message; a bash scanner may rewrite the copy
+    (its path is in P3SCAN_VNMSG) and that copy becomes the notification, without an
+    automatic Subject line."""
+    scanner = script(scratch / "edit-notice", (
+        'printf "Subject: custom notice for %s\\n\\nThe mail from %s was held.\\n" '
+        '"$4" "$2" > "$P3SCAN_VNMSG"; exit 1'))
+    server = simple_pop3(messages={1: message("any")})
+    daemon = p3scan(targetip="127.0.0.1", targetport=server.port, scannertype="bash",
+                    scanner=scanner, viruscode="1", altvnmsg=True).start()
+    _, rest = session(daemon.port, b"RETR 1", b"QUIT")
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert head.count(b"Subject:") == 1 and b"\r\nSubject: custom notice for u" in head
+    assert body.startswith(b"The mail from alice@example.test was held.\r\n.\r\n")
+    server.close()
+
+
+def test_a_missing_scanner_is_reported_at_start_up(p3scan, scratch):
+    daemon = p3scan(targetip="127.0.0.1", targetport=9, scannertype="clamd",
+                    scanner=str(scratch / "no-clamd.sock")).start()
+    assert "Scanner check: clamd does not answer: cannot connect to clamd" in daemon.log()

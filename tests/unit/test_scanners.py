@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from p3scan import mimesplit, scanners
+from p3scan.config import ConfigError, load
 from p3scan.pipeline import ERROR, INFECTED, Job, Verdict, VirusStep
 from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
 from p3scan.scanners.base import NO_NAME
@@ -368,7 +369,7 @@ def test_clamd_connection_refused_is_an_error(tmp_path, sockdir):
 
 def test_clamd_silent_daemon_runs_into_the_deadline(tmp_path):
     with silent_listener(socket.AF_INET, ("127.0.0.1", 0)) as listener:
-        scanner = make("clamd", scanner="127.0.0.1:%d" % listener.getsockname()[1])
+        scanner = make("clamd", scanner=f"127.0.0.1:{listener.getsockname()[1]}")
         started = time.monotonic()
         result = verdict(scanner, message(), tmp_path, seconds=1.0)
     assert result.status == ERROR
@@ -405,17 +406,18 @@ def test_clamd_parse_address_rejects(spec):
         parse_address(spec)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse_address accepts a port above 65535; "
-                   "connect() then raises OverflowError, which check() and scan() let escape")
 def test_clamd_port_out_of_range_is_rejected(tmp_path):
     with pytest.raises(ScannerError):
         parse_address("127.0.0.1:70000")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: clamd with port 70000: check() raises "
-                   "OverflowError instead of returning a warning")
-def test_clamd_port_out_of_range_check_warns():
-    assert make("clamd", scanner="127.0.0.1:70000").check()
+def test_clamd_port_out_of_range_is_a_config_error(tmp_path):
+    conf = tmp_path / "p3scan.conf"
+    conf.write_text("scannertype = clamd\nscanner = 127.0.0.1:70000\n")
+    with pytest.raises(ConfigError) as caught:
+        load(["-f", str(conf)])
+    assert caught.value.lines == [f"{conf}:2: scanner = 127.0.0.1:70000: expected clamd's "
+                                  "host:port ([v6addr]:port) or the path of its socket"]
 
 
 # --- avpd (KAV 4) ---------------------------------------------------------------------------
@@ -648,9 +650,6 @@ def test_eicar_clean_mail(tmp_path):
     assert os.listdir(tmp_path) == ["mail.eml"]  # its part directory is gone
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mimesplit ignores an RFC 2231 boundary "
-                   "parameter (boundary*=us-ascii''b1) that Python's email package honours; "
-                   "the multipart is not split and the base64 attachment is never decoded")
 def test_eicar_rfc2231_boundary(tmp_path):
     payload = base64.encodebytes(EICAR)
     mail = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary*=us-ascii''b1"
@@ -765,8 +764,6 @@ def test_demime_directory_is_removed_after_a_scanner_error(tmp_path):
     assert not os.path.exists(calls.read_text().strip())
 
 
-@pytest.mark.xfail(strict=True, reason="bug (minor): trophie '1' and KAV5 '322 ' replies "
-                   "without a name give the virus name '' instead of the placeholder")
 @pytest.mark.parametrize("kind", ["trophie", "kav5"])
 def test_virus_reply_without_a_name_gets_the_placeholder(sockdir, tmp_path, kind):
     if kind == "trophie":
@@ -777,3 +774,25 @@ def test_virus_reply_without_a_name_gets_the_placeholder(sockdir, tmp_path, kind
         scanner = make("avpd_new", scanner=str(sockdir))
     with fake:
         assert scanner.scan(mail_file(tmp_path), context(tmp_path)).names == (NO_NAME,)
+
+
+def test_demime_virus_in_one_part_wins_over_a_failure_in_a_later_part(sockdir, tmp_path):
+    def reply(path: bytes) -> bytes:
+        data = Path(os.fsdecode(path)).read_bytes()
+        if data == b"bad":
+            return avp_reply(4, b"infected: Bad.Part")
+        return b"" if data == b"odd" else avp_reply(0)  # b"": the daemon hangs up
+
+    with FakeAvpCtl(str(sockdir), reply):
+        result = verdict(make("avpd", scanner=str(sockdir)),
+                         attachments(("x", b"bad"), ("y", b"odd")), tmp_path, demime=True)
+    assert (result.status, result.names) == (INFECTED, ("Bad.Part",))
+
+
+def test_basic_virus_names_are_bounded(tmp_path):
+    long_name = "N" * 600
+    program = script(tmp_path, f'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "f$i: {long_name}'
+                               ' FOUND"; done\nexit 1\n')
+    scanner = make("basic", scanner=program, virusregexp=".*: (.*) FOUND")
+    names = scanner.scan(mail_file(tmp_path), context(tmp_path)).names
+    assert len(" & ".join(names)) <= 1000 + len(long_name)
