@@ -171,18 +171,25 @@ class Running:
         return self.job.deadline + WAIT_GRACE - time.monotonic()
 
 
-def scanner_info(cfg: Any, scanner: Scanner) -> str | None:
-    """%VDINFO%: the ``footer`` command's output, else what the scanner says of itself."""
+def footer_lines(cfg: Any) -> list[bytes]:
+    """The non-empty output lines of the ``footer`` command (the scanner's version text)."""
     if not cfg.footer:
-        return scanner.version()
+        return []
     try:
         result = subprocess.run(shlex.split(cfg.footer), capture_output=True, timeout=10,
                                 stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         LOG.warning("footer command %s failed: %s", cfg.footer, err)
-        return None
-    lines = [line.strip() for line in result.stdout.decode("utf-8", "replace").splitlines()]
-    return " ".join(line for line in lines if line)[:512] or None
+        return []
+    lines = [line.strip() for line in result.stdout[:4096].splitlines()]
+    return [line for line in lines if line][:20]
+
+
+def scanner_info(cfg: Any, scanner: Scanner, lines: list[bytes]) -> str | None:
+    """%VDINFO%: the ``footer`` command's output, else what the scanner says of itself."""
+    if lines:
+        return b" ".join(lines).decode("utf-8", "replace")[:512]
+    return None if cfg.footer else scanner.version()
 
 
 def unsupported_options(cfg: Any) -> list[str]:

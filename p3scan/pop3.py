@@ -8,15 +8,13 @@ CAPA: the proxy cannot relay a TLS handshake as text (spec §6.1, §14 S7).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from p3scan.destination import NoDestination, Route, useurl_route
 from p3scan.lines import Stream, copy_block
 from p3scan.log import LOG
 from p3scan.pop3msg import Retrieval
-from p3scan.session import Session, SessionInfo, split_command
+from p3scan.session import Session, SessionInfo, sasl_plain_user, split_command
 
 BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
 BLOCK_WITHOUT_ARGUMENT = frozenset({"LIST", "UIDL", "AUTH"})
@@ -34,15 +32,6 @@ def is_ok(status: bytes) -> bool:
 
 def capability_name(line: bytes) -> str:
     return line.decode("latin-1").strip().partition(" ")[0].upper()
-
-
-def sasl_plain_user(response: str) -> str | None:
-    """The authentication identity of a SASL PLAIN response (the password is ignored)."""
-    try:
-        parts = base64.b64decode(response.strip(), validate=True).split(b"\0")
-    except (binascii.Error, ValueError):
-        return None
-    return parts[1].decode("utf-8", "replace") if len(parts) == 3 and parts[1] else None
 
 
 class Pop3Session(Session):

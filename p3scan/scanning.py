@@ -14,7 +14,7 @@ from typing import Any
 
 from p3scan import PROGNAME, __version__, notify, quarantine, scanners
 from p3scan.log import LOG
-from p3scan.pipeline import Job, Pipeline, Running, Verdict, scanner_info
+from p3scan.pipeline import Job, Pipeline, Running, Verdict, footer_lines, scanner_info
 from p3scan.session import SessionInfo
 from p3scan.spool import Spool, header_text
 
@@ -32,7 +32,8 @@ class Scanning:
         self.workdir = workdir
         self.scanner = scanners.create(cfg)
         self.pipeline = Pipeline(cfg, self.scanner)
-        self.vdinfo = scanner_info(cfg, self.scanner)
+        self.vdinfo_lines = footer_lines(cfg)
+        self.vdinfo = scanner_info(cfg, self.scanner, self.vdinfo_lines)
 
     # --- before the scan ------------------------------------------------------------------
 
@@ -52,12 +53,19 @@ class Scanning:
         })
         return values
 
-    def start(self, spool: Spool, values: dict[str, str | None]) -> Running:
+    def job(self, spool: Spool, values: dict[str, str | None]) -> Job:
         env = {}
         if self.cfg.altvnmsg:
             env["P3SCAN_VNMSG"] = self._copy_template()
-        job = Job(spool, self.workdir, time.monotonic() + self.cfg.scantimeout, values, env)
-        return self.pipeline.start(job)
+        return Job(spool, self.workdir, time.monotonic() + self.cfg.scantimeout, values, env)
+
+    def start(self, spool: Spool, values: dict[str, str | None]) -> Running:
+        """Scan in a thread (POP3 keeps its client alive meanwhile)."""
+        return self.pipeline.start(self.job(spool, values))
+
+    def scan(self, spool: Spool, values: dict[str, str | None]) -> Verdict:
+        """Scan and wait (SMTP: the client waits for the reply to its final dot)."""
+        return self.pipeline.run(self.job(spool, values))
 
     def _copy_template(self) -> str:
         """altvnmsg: a private copy of the template that a bash scanner may edit."""
@@ -104,11 +112,12 @@ class Scanning:
             {"From": header_text(headers, "From", 998), "To": header_text(headers, "To", 998)},
             add_subject=not self.cfg.altvnmsg)
 
-    def log_verdict(self, protocol: str, number: str, size: int, verdict: Verdict) -> None:
+    def log_verdict(self, protocol: str, number: str, size: int, verdict: Verdict,
+                    envelope: str = "") -> None:
         """The one log line per message."""
         detail = f" ({verdict.text})" if verdict.status != "clean" else ""
-        LOG.info("%s message %s: %d bytes, %s%s, scanned in %.3fs", protocol, number, size,
-                 verdict.status, detail, verdict.seconds)
+        LOG.info("%s message %s: %d bytes, %s%s, scanned in %.3fs%s", protocol, number, size,
+                 verdict.status, detail, verdict.seconds, envelope)
 
     def log_virus(self, values: dict[str, str | None]) -> None:
         """The original's warning line for an infected message (spec §12.3)."""

@@ -10,6 +10,8 @@ unchanged.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import select
 import time
 from collections.abc import Callable
@@ -56,6 +58,15 @@ class SessionInfo:
 def _addr(peer: tuple[str, int]) -> str:
     host = peer[0]
     return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
+def sasl_plain_user(response: str) -> str | None:
+    """The authentication identity of a SASL PLAIN response (the password is ignored)."""
+    try:
+        parts = base64.b64decode(response.strip(), validate=True).split(b"\0")
+    except (binascii.Error, ValueError):
+        return None
+    return parts[1].decode("utf-8", "replace") if len(parts) == 3 and parts[1] else None
 
 
 def split_command(line: bytes) -> tuple[str, str]:

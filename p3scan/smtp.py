@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from p3scan.lines import LineTooLong, Stream, copy_block
+from p3scan.lines import LineTooLong, PeerClosed, Stream, copy_block
 from p3scan.log import LOG
-from p3scan.session import Session, SessionInfo
+from p3scan.session import Session, SessionInfo, sasl_plain_user
+from p3scan.smtpmsg import Envelope, Submission, parse_address
 
 EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME"})
 MAX_REPLY_LINES = 512
@@ -56,8 +57,13 @@ class SmtpSession(Session):
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
                  scanning: Any):
         super().__init__(client, server, cfg, info, scanning)
+        self.envelope = Envelope()
         self.verbs = {
             "EHLO": self.do_ehlo,
+            "HELO": self.do_helo,
+            "MAIL": self.do_mail,
+            "RCPT": self.do_rcpt,
+            "RSET": self.do_rset,
             "STARTTLS": self.do_starttls,
             "BDAT": self.do_bdat,
             "DATA": self.do_data,
@@ -77,16 +83,38 @@ class SmtpSession(Session):
     def greet(self) -> None:
         self.client.write(b"".join(self.read_reply()))
 
-    def relay_command(self, line: bytes, verb: str, arg: str) -> None:
+    def relay_command(self, line: bytes, verb: str, arg: str) -> list[bytes]:
+        """Forward one command; relay its reply, which is returned too."""
         self.server.write(line)
-        self.client.write(b"".join(self.read_reply()))
+        reply = self.read_reply()
+        self.client.write(b"".join(reply))
+        return reply
 
     def do_ehlo(self, line: bytes, verb: str, arg: str) -> None:
         self.server.write(line)
         reply = self.read_reply()
         if reply_code(reply) == 250:
             reply = filter_ehlo(reply)
+            self.envelope.helo = arg or None
+            self.envelope.reset()
         self.client.write(b"".join(reply))
+
+    def do_helo(self, line: bytes, verb: str, arg: str) -> None:
+        if reply_code(self.relay_command(line, verb, arg)) == 250:
+            self.envelope.helo = arg or None
+            self.envelope.reset()
+
+    def do_mail(self, line: bytes, verb: str, arg: str) -> None:
+        if reply_code(self.relay_command(line, verb, arg)) == 250:
+            self.envelope.record_mail(arg)
+
+    def do_rcpt(self, line: bytes, verb: str, arg: str) -> None:
+        if reply_code(self.relay_command(line, verb, arg)) in (250, 251):
+            self.envelope.rcpt_to.append(parse_address(arg, "TO:"))
+
+    def do_rset(self, line: bytes, verb: str, arg: str) -> None:
+        self.relay_command(line, verb, arg)
+        self.envelope.reset()
 
     def do_starttls(self, line: bytes, verb: str, arg: str) -> None:
         self.client.write(b"454 4.7.0 p3scan: TLS is not available through this proxy\r\n")
@@ -102,25 +130,57 @@ class SmtpSession(Session):
         self.client.write(b"502 5.5.1 p3scan: BDAT is not supported (CHUNKING was not offered)\r\n")
 
     def do_data(self, line: bytes, verb: str, arg: str) -> None:
-        """Relay DATA, the message up to its final ``.`` and the server's verdict."""
+        """Scan the message before the server sees it (spec §7.3, with its hangs fixed)."""
+        self.info.messages += 1
+        if not self.envelope.rcpt_to:
+            self._data_without_recipients(line)
+        elif self._too_large():
+            self._relay_unscanned(line)
+        else:
+            Submission(self).run()
+
+    def _too_large(self) -> bool:
+        """checksize: the announced SIZE (in KB, rounded down) exceeds it."""
+        size = self.envelope.size
+        if not self.cfg.checksize or size is None or size // 1024 <= self.cfg.checksize:
+            return False
+        LOG.critical("SMTP Message too large for scanning: %d", size // 1024)
+        return True
+
+    def _data_without_recipients(self, line: bytes) -> None:
+        """No recipient was accepted: the server decides (it will refuse DATA)."""
+        self.server.write(line)
+        reply = self.read_reply()
+        if reply_code(reply) == 354:  # a server that accepts DATA without recipients
+            self.client.write(b"451 4.3.0 p3scan: the server accepted DATA without any "
+                              b"recipient; giving up\r\n")
+            raise PeerClosed(self.server.name, "accepted DATA without recipients")
+        self.client.write(b"".join(reply))
+
+    def _relay_unscanned(self, line: bytes) -> None:
+        """checksize: DATA, the message and the reply pass as they are (as the original)."""
         self.server.write(line)
         reply = self.read_reply()
         self.client.write(b"".join(reply))
-        if reply_code(reply) != 354:
-            return
-        self.info.messages += 1
-        self.info.bytes += copy_block(self.client, self.server.write)
-        self.client.write(b"".join(self.read_reply()))
+        if reply_code(reply) == 354:
+            self.info.bytes += copy_block(self.client, self.server.write)
+            self.client.write(b"".join(self.read_reply()))
+        self.envelope.reset()
 
     def do_auth(self, line: bytes, verb: str, arg: str) -> None:
         """Relay ``334`` challenges and the client's answers until the final reply."""
+        mechanism, _, response = arg.partition(" ")
         self.server.write(line)
         while True:
             reply = self.read_reply()
             self.client.write(b"".join(reply))
             if reply_code(reply) != 334:
-                return
-            self.server.write(self.client_line())
+                break
+            answer = self.client_line()
+            response = response or answer.decode("latin-1")
+            self.server.write(answer)
+        if reply_code(reply) == 235 and mechanism.upper() == "PLAIN":
+            self.info.user = sasl_plain_user(response) or self.info.user
 
     def do_quit(self, line: bytes, verb: str, arg: str) -> None:
         self.relay_command(line, verb, arg)

@@ -15,8 +15,10 @@ import trustme
 
 from tests.support.clamd import Clamd
 from tests.support.dovecot import Dovecot
+from tests.support.exim import Exim
 from tests.support.p3scan_proc import P3scan
 from tests.support.procs import require_root
+from tests.support.smtp_sink import Sink
 
 
 @pytest.fixture(scope="session")
@@ -91,5 +93,22 @@ def clamd(world_tmp: Path) -> Iterator[Clamd]:
     """One private clamd for the whole run (TCP on loopback and a Unix socket)."""
     require_root("clamd")
     server = Clamd(world_tmp / "clamd").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink(scratch: Path) -> Iterator[Sink]:
+    """An aiosmtpd sink that keeps every message exactly as received."""
+    server = Sink(scratch / "sink").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def exim(scratch: Path, tls_ca: dict[str, Path]) -> Iterator[Exim]:
+    """A private Exim delivering into a Maildir (with STARTTLS, which p3scan must hide)."""
+    require_root("exim")
+    server = Exim(scratch / "exim", cert=tls_ca["cert"], key=tls_ca["key"]).start()
     yield server
     server.stop()

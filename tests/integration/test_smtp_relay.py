@@ -9,22 +9,19 @@ import sys
 
 import pytest
 
-from tests.support import netns
-from tests.support.messages import message, smtp_body
+from p3scan.scanning import CLEAN_HEADER
+from tests.support import netns, oracle
+from tests.support.messages import EICAR, message, smtp_body
 from tests.support.procs import REPO, require_program, stop_process
-from tests.support.smtp_sink import Sink, read_messages
+from tests.support.smtp_sink import read_messages
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def sink(scratch):
-    server = Sink(scratch / "sink").start()
-    yield server
-    server.stop()
+HEADER = CLEAN_HEADER["SMTP"].encode()
 
 
-def test_fixed_target_smtp_relay_delivers_unchanged(sink, p3scan):
+def test_fixed_target_smtp_relay_delivers_unchanged_but_for_the_header(sink, p3scan):
     daemon = p3scan(targetip="127.0.0.1", targetport=sink.port, emailport=sink.port).start()
     original = message("smtp relay", smtp_body())
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as smtp:
@@ -33,7 +30,7 @@ def test_fixed_target_smtp_relay_delivers_unchanged(sink, p3scan):
         refused = smtp.sendmail("alice@example.test", ["bob@example.test"], original)
         assert refused == {}
     (envelope, data), = sink.messages()
-    assert data == original
+    assert data == oracle.insert_header(original, HEADER)
     assert envelope == {"from": "alice@example.test", "to": ["bob@example.test"],
                         "helo": "client.test"}
     assert "protocol=SMTP" in daemon.wait_log("Session done")
@@ -65,9 +62,18 @@ def test_transparent_smtp_relay_with_swaks(topology, p3scan, scratch):
             for ns in (topology.router, topology.client):  # direct first, then redirected
                 swaks(ns, server, data_file)
             direct, proxied = read_messages(scratch / server)
-            assert proxied == direct
+            assert proxied[0] == direct[0]  # the same envelope
+            assert proxied[1] == oracle.insert_header(direct[1], HEADER)
             assert proxied[1].startswith(b"From: alice@example.test\r\n")
             assert b"\r\n.starts with a dot\r\n" in proxied[1]
+        virus = scratch / "virus.eml"
+        virus.write_bytes(message("eicar", EICAR + b"\r\n"))
+        result = subprocess.run(topology.client.prefix + [
+            "swaks", "--server", netns.SERVER_V4, "--port", "25", "--from", "a@example.test",
+            "--to", "b@example.test", "--data", f"@{virus}"], capture_output=True, text=True,
+            timeout=60)
+        assert "<** 554 Virus detected! P3scan rejected message!" in result.stdout
+        assert len(read_messages(scratch / netns.SERVER_V4)) == 2  # nothing more arrived
         log = daemon.log()
         assert f"Real-server address is {netns.SERVER_V4}:25" in log
         assert f"Real-server address is [{netns.SERVER_V6}]:25" in log

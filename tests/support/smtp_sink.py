@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 class _Handler:
@@ -38,17 +39,33 @@ class _Handler:
         return "250 2.0.0 Message accepted for delivery"
 
 
+class _Authenticator:
+    """Accepts the given user names and passwords (AUTH PLAIN / LOGIN)."""
+
+    def __init__(self, users: dict[str, str]):
+        self.users = users
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login.decode(), auth_data.password.decode()) in self.users.items()
+        return AuthResult(success=ok)
+
+
 class Sink:
     """The sink server; ``messages()`` lists what arrived, in order."""
 
-    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int | None = None,
+                 users: dict[str, str] | None = None, handler: object | None = None):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or _free_port(host)
-        self.controller = Controller(_Handler(directory), hostname=host, port=self.port,
-                                     data_size_limit=200_000_000, server_hostname="sink.test",
-                                     enable_SMTPUTF8=True, ready_timeout=15)
+        auth = {}
+        if users:
+            auth = {"authenticator": _Authenticator(users), "auth_require_tls": False}
+        self.controller = Controller(handler or _Handler(directory), hostname=host,
+                                     port=self.port, data_size_limit=200_000_000,
+                                     server_hostname="sink.test", enable_SMTPUTF8=True,
+                                     ready_timeout=15, **auth)
 
     def start(self) -> Sink:
         self.controller.start()

@@ -1,0 +1,188 @@
+"""One intercepted SMTP DATA: spool the message, scan it, then relay it or refuse it.
+
+The client gets p3scan's own 354; the server hears nothing of the message until the scan is
+done.  Clean: DATA goes to the server, the message follows with the X-P3Scan header (and
+the footer, spec §7.5), and the server's final reply is relayed.  Infected: ``554
+<smtprset>``, the message is quarantined with its envelope, and the server's transaction is
+reset, so the client can go on with the next message.  Scan failure: ``scanerror``
+(``tempfail``: ``451 4.3.0``, nothing sent).  If the server goes away in the middle, the
+client gets a 4xx, never a 250.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from p3scan import PROGNAME, __version__, footer
+from p3scan.lines import DotDecoder, PeerClosed, send_stuffed
+from p3scan.log import LOG
+from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
+from p3scan.session import IdleTimeout
+from p3scan.spool import Spool, SpoolFull
+
+if TYPE_CHECKING:
+    from p3scan.smtp import SmtpSession
+
+SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
+
+
+@dataclass
+class Envelope:
+    """The current transaction: HELO name, sender, accepted recipients, announced size."""
+
+    helo: str | None = None
+    mail_from: str | None = None
+    rcpt_to: list[str] = field(default_factory=list)
+    size: int | None = None
+
+    def reset(self) -> None:
+        self.mail_from, self.rcpt_to, self.size = None, [], None
+
+    def record_mail(self, arg: str) -> None:
+        self.reset()
+        self.mail_from = parse_address(arg, "FROM:")
+        match = SIZE.search(arg)
+        self.size = int(match.group(1)) if match else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"helo": self.helo, "mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to)}
+
+
+def parse_address(arg: str, prefix: str) -> str:
+    """``FROM:<a@b> SIZE=1`` becomes ``a@b``."""
+    text = arg[len(prefix):] if arg.upper().startswith(prefix) else arg
+    text = text.strip()
+    if text.startswith("<"):
+        return text[1:text.find(">")] if ">" in text else text[1:]
+    return text.split(" ")[0]
+
+
+class Submission:
+    """The DATA of one transaction with at least one accepted recipient."""
+
+    def __init__(self, session: SmtpSession):
+        self.session = session
+        self.cfg = session.cfg
+        self.client = session.client
+        self.server = session.server
+        self.scanning = session.scanning
+        self.envelope = session.envelope
+        self.number = str(session.info.messages)
+
+    def run(self) -> None:
+        self.client.write(f"354 {PROGNAME} {__version__} accepting data.\r\n".encode())
+        spool = self.scanning.spool()
+        try:
+            verdict = self._receive(spool)
+            spool.close()
+            values = self._values(spool)
+            if verdict is None:
+                verdict = self.scanning.scan(spool, values)
+            self.scanning.log_verdict("SMTP", self.number, spool.size, verdict,
+                                      f", from <{self.envelope.mail_from}> to "
+                                      f"<{'>, <'.join(self.envelope.rcpt_to)}>")
+            self._answer(spool, verdict, values)
+        finally:
+            spool.remove()
+
+    def _values(self, spool: Spool) -> dict[str, str | None]:
+        values = self.scanning.values(self.session.info, spool)
+        values.update({"ENVFROM": self.envelope.mail_from,
+                       "ENVTO": ", ".join(self.envelope.rcpt_to), "HELO": self.envelope.helo})
+        return values
+
+    # --- the message from the client ------------------------------------------------------
+
+    def _receive(self, spool: Spool) -> Verdict | None:
+        """Spool the client's data up to its final ``.``; a verdict if the spool filled."""
+        decoder = DotDecoder()
+        problem: Verdict | None = None
+        deadline = time.monotonic() + self.cfg.idletimeout
+        while not decoder.done:
+            if not self.client.buffered:
+                if time.monotonic() > deadline:
+                    raise IdleTimeout()
+                if not self.client.fill():
+                    raise PeerClosed(self.client.name, "closed the connection during DATA")
+                deadline = time.monotonic() + self.cfg.idletimeout
+            data = decoder.feed(self.client.take())
+            if problem is None:
+                try:
+                    spool.write(data)
+                except SpoolFull as err:
+                    LOG.critical("ERR: Not enough space! %s", err)
+                    problem = Verdict(ERROR, reason=str(err))
+        self.client.unread(decoder.leftover)
+        return problem
+
+    # --- the answer -----------------------------------------------------------------------
+
+    def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
+        if verdict.status == CLEAN:
+            self._relay(spool, self._clean_headers(), values)
+        elif verdict.status == INFECTED:
+            self._refuse(spool, verdict, values, f"554 {self.cfg.smtprset}")
+        elif self.cfg.scanerror == "pass":
+            LOG.warning("Relaying SMTP message %s unscanned (scanerror = pass): %s",
+                        self.number, verdict.reason)
+            self._relay(spool, [self.scanning.unscanned_header(verdict.reason)], values)
+        elif self.cfg.scanerror == "reject":
+            failed = Verdict(ERROR, (f"not scanned: {verdict.reason}",), verdict.reason)
+            self._refuse(spool, failed, values, "554 5.7.0 p3scan: the message could not be "
+                                                "scanned")
+        else:
+            LOG.error("ERR: SMTP message %s refused for now, the scan failed: %s",
+                      self.number, verdict.reason)
+            self._reset_server()
+            self.client.write(f"451 4.3.0 p3scan: the message could not be scanned "
+                              f"({verdict.reason}); try again later\r\n"
+                              .encode("utf-8", "replace"))
+
+    def _clean_headers(self) -> list[bytes]:
+        lines = [self.scanning.clean_header("SMTP")]
+        if self.cfg.footer and self.scanning.vdinfo_lines:
+            lines += [b"X-P3Scan: " + line for line in self.scanning.vdinfo_lines]
+        return lines
+
+    def _refuse(self, spool: Spool, verdict: Verdict, values: dict[str, str | None],
+                reply: str) -> None:
+        self.scanning.quarantine(spool, values, verdict,
+                                 {"envelope": self.envelope.as_dict(),
+                                  "message_number": self.number})
+        self.scanning.log_virus(values)
+        LOG.warning("%s", reply)
+        self._reset_server()
+        self.client.write(reply.encode("utf-8", "replace") + b"\r\n")
+
+    def _reset_server(self) -> None:
+        """The server saw MAIL and RCPT but no DATA: RSET, so that nothing stays pending."""
+        self.server.write(b"RSET\r\n")
+        self.session.read_reply()
+        self.envelope.reset()
+
+    def _relay(self, spool: Spool, headers: list[bytes], values: dict[str, str | None]) -> None:
+        """DATA to the server, then (on 354) the message; relay the server's verdict."""
+        self.server.write(b"DATA\r\n")
+        reply = self.session.read_reply()
+        if not reply[0].startswith(b"354"):
+            self.client.write(b"".join(reply))
+            self.envelope.reset()
+            return
+        header = b"\r\n".join(headers) if spool.header_eol == b"\r\n" else b"\n".join(headers)
+        size, chunks = spool.with_header(header)
+        tail = footer.block(self.cfg, spool, values, self.scanning.vdinfo_lines)
+        if tail:
+            chunks = footer.appended(chunks, spool, tail)
+            size += len(tail)
+        try:
+            send_stuffed(self.server.write, chunks)
+            final = self.session.read_reply()
+        except (PeerClosed, OSError) as err:
+            self.client.write(b"451 4.4.2 p3scan: the server went away during DATA\r\n")
+            raise PeerClosed(self.server.name, f"went away during DATA ({err})") from None
+        self.session.info.bytes += size
+        self.envelope.reset()
+        self.client.write(b"".join(final))
