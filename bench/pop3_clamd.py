@@ -2,9 +2,9 @@
 
 For 20 KB x 200 and 2 MB x 20 messages at 1 and 4 clients: messages/s (best of three),
 the latency p3scan adds per message (p50/p99 through the proxy minus direct), and clamd's
-own scan time for such a message (INSTREAM straight to clamd, p50) so that the proxy's
-own share can be told apart.  clamd's result cache is off: repeated runs scan for real.  Finally the peak RSS of a worker while a 100 MB message goes
-through.
+own scan time for such a message (INSTREAM straight to clamd, p50), so that the proxy's
+own share can be told apart.  clamd's result cache is off, so repeated runs scan for real.
+Finally the peak RSS of a worker while a 100 MB message goes through.
 
     sudo .venv/bin/python bench/pop3_clamd.py [--quick]
 """

@@ -26,7 +26,7 @@ from p3scan.spool import Spool
 CLEAN, INFECTED, ERROR = "clean", "infected", "error"
 WAIT_GRACE = 5.0
 LATER_STEPS = {"renattach": "attachment renaming", "checkspam": "spam checking",
-               "overwrite": "the HTML filter"}
+               "overwrite": "the HTML filter", "extra": "extra notification"}
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,6 @@ def scanner_info(cfg: Any, scanner: Scanner, lines: list[bytes]) -> str | None:
 
 
 def unsupported_options(cfg: Any) -> list[str]:
-    """Options of later pipeline steps that are set but not available yet."""
+    """Options (of later steps, and extra) that are set but not available yet."""
     return [f"{key} is set, but {what} is not available in this version; it is ignored"
             for key, what in LATER_STEPS.items() if cfg.get(key)]

@@ -166,9 +166,10 @@ def test_nothing_is_sent_before_the_status_line(p3scan):
     slow = [b"+OK 40 octets\r\n", 2.5, b"Subject: slow\r\n\r\nbody\r\n.\r\n"]
     server = simple_pop3(special={b"RETR 1": slow})
     daemon = p3scan(targetip="127.0.0.1", targetport=server.port, timeout=1).start()
-    _, rest = session(daemon.port, b"RETR 1")
+    _, rest = session(daemon.port, b"RETR 1", b"QUIT")
     assert rest.startswith(b"+OK p3scan: the message follows")
-    assert rest.endswith(b"\r\nSubject: slow\r\n" + HEADER + b"\r\n\r\nbody\r\n.\r\n")
+    assert rest.endswith(b"\r\nSubject: slow\r\n" + HEADER + b"\r\n\r\nbody\r\n.\r\n"
+                         b"+OK bye\r\n")
     server.close()
 
 
