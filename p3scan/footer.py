@@ -17,7 +17,6 @@ multipart (including multipart/signed), encoded and non-text messages are left a
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +56,7 @@ def block(cfg: Any, spool: Spool, values: dict[str, str | None],
         return b""
     if not applies(spool):
         return b""
-    host = f"{values.get('HOSTNAME') or socket.gethostname()}.{notify.domainname()}"
+    host = f"{values.get('HOSTNAME') or notify.hostname()}.{notify.domainname()}"
     lines = [STARS, *text.replace(b"\r\n", b"\n").splitlines(),
              f"{PROGNAME} {__version__} running on {host}".encode(),
              *(vdinfo_lines if cfg.footer else []), STARS]

@@ -10,6 +10,7 @@ itself: a template's own ``.`` line and anything after it are ignored (M12).
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import socket
 import time
@@ -33,12 +34,19 @@ Reference: %P3SCANID%
 """
 
 
+@functools.lru_cache(maxsize=1)
 def domainname() -> str:
+    """The NIS domain name, "(none)" when unset (as the original showed it); read once."""
     try:
         with open("/proc/sys/kernel/domainname") as handle:
             return handle.read().strip() or "(none)"
     except OSError:
         return "(none)"
+
+
+@functools.lru_cache(maxsize=1)
+def hostname() -> str:
+    return socket.gethostname()
 
 
 def clean_value(value: str) -> str:
@@ -55,7 +63,7 @@ def maildate(now: float | None = None) -> str:
 def session_values(client: tuple[str, int], server: tuple[str, int], protocol: str,
                    user: str | None, vdinfo: str | None) -> dict[str, str | None]:
     return {
-        "HOSTNAME": socket.gethostname(), "DOMAINNAME": domainname(), "PROGNAME": PROGNAME,
+        "HOSTNAME": hostname(), "DOMAINNAME": domainname(), "PROGNAME": PROGNAME,
         "VERSION": __version__, "CLIENTIP": client[0], "CLIENTPORT": str(client[1]),
         "SERVERIP": server[0], "SERVERPORT": str(server[1]), "PROTOCOL": protocol,
         "USERNAME": user, "VDINFO": vdinfo,

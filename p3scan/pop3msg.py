@@ -101,6 +101,7 @@ class Retrieval:
                     problem = Verdict(ERROR, reason=str(err))
             self.keepalive.tick_if_due(scanning=False)
         self.server.unread(decoder.leftover)
+        spool.dotless = not decoder.unstuffed
         return problem
 
     # --- scan -------------------------------------------------------------------------------
@@ -142,8 +143,19 @@ class Retrieval:
 
     def _deliver(self, spool: Spool, header: bytes) -> None:
         """The spooled message with ``header`` inserted at the end of its header block."""
-        size, chunks = spool.with_header(header)
-        self._send(status_with_size(self.status, added=size - spool.size), size, chunks)
+        direct = spool.wire_parts(header)
+        if direct is None:
+            size, chunks = spool.with_header(header)
+            self._send(status_with_size(self.status, added=size - spool.size), size, chunks)
+            return
+        size, parts = direct  # no dot lines: the file is its own wire form
+        status = status_with_size(self.status, added=size - spool.size)
+        if self.keepalive.started:
+            self.keepalive.end_line()
+            status = b""
+        end = b".\r\n" if spool.ends_line else b"\r\n.\r\n"
+        self.client.send_parts(spool.path, [status, *parts, end])
+        self.session.info.bytes += size
 
     def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
         self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})

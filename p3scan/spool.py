@@ -43,6 +43,8 @@ class Spool:
         self.header_end: int | None = None  # offset of the empty line after the header
         self.header_eol = b"\r\n"  # the line end that empty line uses
         self.header = bytearray()
+        self.dotless = False  # set by the reader: no line starts with a dot
+        self.ends_line = True  # the message ends with a line end (or is empty)
         self._tail = b"\n"  # the message starts at a line start
         self._next_space_check = 0
 
@@ -57,6 +59,7 @@ class Spool:
             self._check_space()
         self.file.write(data)
         self.size += len(data)
+        self.ends_line = data.endswith(b"\n")
 
     def _scan_header(self, data: bytes) -> None:
         combined = self._tail + data
@@ -130,6 +133,17 @@ class Spool:
         extra = header + self.header_eol
         parts = (self.chunks(0, self.header_end), [extra], self.chunks(self.header_end))
         return self.size + len(extra), (chunk for part in parts for chunk in part)
+
+    def wire_parts(self, header: bytes) -> tuple[int, list[bytes | tuple[int, int]]] | None:
+        """For a message without dot lines the wire form is the file itself: the parts to
+        send (file ranges and the inserted header) and the size, else None."""
+        if not self.dotless:
+            return None
+        if self.header_end is None:
+            return self.size, [(0, self.size)]
+        extra = header + self.header_eol
+        return self.size + len(extra), [(0, self.header_end), extra,
+                                        (self.header_end, self.size - self.header_end)]
 
     def headers(self) -> Message:
         """The parsed header block (only what was kept)."""
