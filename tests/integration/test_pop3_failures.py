@@ -224,3 +224,37 @@ def test_a_missing_scanner_is_reported_at_start_up(p3scan, scratch):
     daemon = p3scan(targetip="127.0.0.1", targetport=9, scannertype="clamd",
                     scanner=str(scratch / "no-clamd.sock")).start()
     assert "Scanner check: clamd does not answer: cannot connect to clamd" in daemon.log()
+
+
+def test_scan_failure_after_keepalive_began_closes_without_the_final_dot(p3scan, scratch):
+    server = simple_pop3(messages={1: CLEAN})
+    daemon = p3scan(targetip="127.0.0.1", targetport=server.port, scannertype="basic",
+                    scanner=script(scratch / "slow-fail", "sleep 2.5; exit 5"),
+                    timeout=1).start()
+    _, rest = session(daemon.port, b"RETR 1")
+    assert rest.startswith(b"+OK p3scan: the message follows once it is scanned\r\nX")
+    assert not rest.endswith(b".\r\n") and b"hello" not in rest
+    assert "closing without '.'" in daemon.wait_log("Session done")
+    server.close()
+
+
+def test_idle_sessions_are_closed_after_idletimeout(p3scan):
+    server = simple_pop3()
+    daemon = p3scan(targetip="127.0.0.1", targetport=server.port, idletimeout=1).start()
+    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    started = time.monotonic()
+    assert sock.makefile("rb").read() == b"+OK fake pop3 ready\r\n"  # then the close
+    assert 0.9 < time.monotonic() - started < 5
+    assert "Connection timeout" in daemon.wait_log("outcome=timeout")
+    sock.close()
+    server.close()
+
+
+def test_subject_apostrophes_are_not_touched(p3scan):
+    mail = message("Don't panic, it's fine", b"Subject: it's in the body too\r\n")
+    server = simple_pop3(messages={1: mail})
+    daemon = p3scan(targetip="127.0.0.1", targetport=server.port).start()
+    _, rest = session(daemon.port, b"RETR 1", b"QUIT")
+    assert b"Subject: Don't panic, it's fine\r\n" in rest
+    assert b"\r\nSubject: it's in the body too\r\n" in rest
+    server.close()

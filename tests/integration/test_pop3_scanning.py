@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import poplib
 import re
 import socket
 import stat
@@ -289,3 +290,17 @@ def test_dele_and_quit_pass_through(dovecot, proxy):
     stat_reply = pt.transcript("127.0.0.1", dovecot.port, pt.login_commands(user, PASSWORD)
                                + [(b"STAT", False)])[-1]
     assert stat_reply.startswith(b"+OK 2 ")
+
+
+def test_poplib_client_gets_the_notification(dovecot, proxy):
+    user = dovecot.mailbox([standard_mailbox()[0], VIRUSES["raw"][0]()])
+    pop = poplib.POP3("127.0.0.1", proxy.port, timeout=30)
+    pop.user(user)
+    pop.pass_(PASSWORD)
+    count, _ = pop.stat()
+    assert count == 2
+    _, clean, _ = pop.retr(1)
+    assert HEADER in clean
+    _, notice, _ = pop.retr(2)
+    assert f"Subject: [Virus] found in a mail to you: {EICAR_NAME}".encode() in notice
+    assert pop.quit().startswith(b"+OK")

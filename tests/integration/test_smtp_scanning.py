@@ -334,3 +334,11 @@ def test_no_footer_for_inline_pgp_signed_text(sink, clamd, p3scan, scratch):
         smtp.sendmail("alice@example.test", ["bob@example.test"], message("signed", signed))
     (_, data), = sink.messages()
     assert b"footer text" not in data and data.endswith(signed)
+
+
+def test_without_size_a_large_message_is_scanned_anyway(sink, clamd, p3scan):
+    daemon = proxy_for(p3scan, sink.port, clamd, checksize=4)
+    infected = message("large, no SIZE", b"x" * 20000 + b"\r\n" + EICAR + b"\r\n")
+    replies = raw_smtp(daemon.port, b"EHLO c", b"MAIL FROM:<a@x>", b"RCPT TO:<b@y>", b"DATA",
+                       infected + b".", b"QUIT")
+    assert REJECT in replies and sink.messages() == []
