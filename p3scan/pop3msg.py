@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from p3scan.keepalive import KeepAlive
-from p3scan.lines import DotDecoder, PeerClosed, send_stuffed
+from p3scan.lines import PeerClosed, send_stuffed
 from p3scan.log import LOG
 from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
 from p3scan.session import AbortSession, IdleTimeout
-from p3scan.spool import Spool, SpoolFull
+from p3scan.spool import Intake, Spool
 
 if TYPE_CHECKING:
     from p3scan.pop3 import Pop3Session
@@ -77,10 +77,9 @@ class Retrieval:
 
     def _download(self, spool: Spool) -> Verdict | None:
         """Stream the reply into the spool; a verdict only if the spool filled up."""
-        decoder = DotDecoder()
-        problem: Verdict | None = None
+        intake = Intake(spool)
         last_data = time.monotonic()
-        while not decoder.done:
+        while not intake.done:
             if not self.server.buffered:
                 wait = min(self.keepalive.due_in(), self.cfg.idletimeout)
                 readable, _, _ = select.select([self.server], [], [], wait)
@@ -92,17 +91,10 @@ class Retrieval:
                 if not self.server.fill():
                     raise PeerClosed(self.server.name, "closed the connection during a RETR")
                 last_data = time.monotonic()
-            data = decoder.feed(self.server.take())
-            if problem is None:
-                try:
-                    spool.write(data)
-                except SpoolFull as err:
-                    LOG.critical("ERR: Not enough space! %s", err)
-                    problem = Verdict(ERROR, reason=str(err))
+            intake.feed(self.server.take())
             self.keepalive.tick_if_due(scanning=False)
-        self.server.unread(decoder.leftover)
-        spool.dotless = not decoder.unstuffed
-        return problem
+        self.server.unread(intake.finish())
+        return Verdict(ERROR, reason=intake.problem) if intake.problem else None
 
     # --- scan -------------------------------------------------------------------------------
 

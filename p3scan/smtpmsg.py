@@ -12,16 +12,14 @@ client gets a 4xx, never a 250.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from p3scan import PROGNAME, __version__, footer
-from p3scan.lines import DotDecoder, PeerClosed, send_stuffed
+from p3scan.lines import PeerClosed, send_stuffed
 from p3scan.log import LOG
 from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
-from p3scan.session import IdleTimeout
-from p3scan.spool import Spool, SpoolFull
+from p3scan.spool import Intake, Spool
 
 if TYPE_CHECKING:
     from p3scan.smtp import SmtpSession
@@ -97,26 +95,15 @@ class Submission:
     # --- the message from the client ------------------------------------------------------
 
     def _receive(self, spool: Spool) -> Verdict | None:
-        """Spool the client's data up to its final ``.``; a verdict if the spool filled."""
-        decoder = DotDecoder()
-        problem: Verdict | None = None
-        deadline = time.monotonic() + self.cfg.idletimeout
-        while not decoder.done:
-            if not self.client.buffered:
-                if time.monotonic() > deadline:
-                    raise IdleTimeout()
-                if not self.client.fill():
-                    raise PeerClosed(self.client.name, "closed the connection during DATA")
-                deadline = time.monotonic() + self.cfg.idletimeout
-            data = decoder.feed(self.client.take())
-            if problem is None:
-                try:
-                    spool.write(data)
-                except SpoolFull as err:
-                    LOG.critical("ERR: Not enough space! %s", err)
-                    problem = Verdict(ERROR, reason=str(err))
-        self.client.unread(decoder.leftover)
-        return problem
+        """Spool the client's data up to its final ``.``; a verdict if the spool filled.
+        (Reads wait at most ``idletimeout``: the socket's timeout.)"""
+        intake = Intake(spool)
+        while not intake.done:
+            if not self.client.buffered and not self.client.fill():
+                raise PeerClosed(self.client.name, "closed the connection during DATA")
+            intake.feed(self.client.take())
+        self.client.unread(intake.finish())
+        return Verdict(ERROR, reason=intake.problem) if intake.problem else None
 
     # --- the answer -----------------------------------------------------------------------
 
@@ -171,14 +158,20 @@ class Submission:
             self.client.write(b"".join(reply))
             self.envelope.reset()
             return
-        header = b"\r\n".join(headers) if spool.header_eol == b"\r\n" else b"\n".join(headers)
-        size, chunks = spool.with_header(header)
+        header = spool.header_eol.join(headers)
         tail = footer.block(self.cfg, spool, values, self.scanning.vdinfo_lines)
-        if tail:
-            chunks = footer.appended(chunks, spool, tail)
-            size += len(tail)
+        direct = None if tail else spool.wire_parts(header)
         try:
-            send_stuffed(self.server.write, chunks)
+            if direct:  # no dot lines: the file is its own wire form
+                size, parts = direct
+                end = b".\r\n" if spool.ends_line else b"\r\n.\r\n"
+                self.server.send_parts(spool.path, [*parts, end])
+            else:
+                size, chunks = spool.with_header(header)
+                if tail:
+                    chunks = footer.appended(chunks, spool, tail)
+                    size += len(tail)
+                send_stuffed(self.server.write, chunks)
             final = self.session.read_reply()
         except (PeerClosed, OSError) as err:
             self.client.write(b"451 4.4.2 p3scan: the server went away during DATA\r\n")

@@ -17,6 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from email.message import Message
 
+from p3scan.lines import DotDecoder
+from p3scan.log import LOG
+
 HEADER_CAP = 256 * 1024
 READ_CHUNK = 256 * 1024
 SPACE_CHECK_EVERY = 8 * 1024 * 1024
@@ -149,6 +152,37 @@ class Spool:
         """The parsed header block (only what was kept)."""
         return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
             bytes(self.header))
+
+
+class Intake:
+    """Decode a dot-terminated block (a RETR reply, SMTP DATA) into a spool as it streams in.
+
+    Running out of space does not stop the reading, which must go on to the final ``.`` to
+    keep the protocol in step; the problem is remembered and turns into a scan failure."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self.decoder = DotDecoder()
+        self.problem: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.decoder.done
+
+    def feed(self, data: bytes) -> None:
+        decoded = self.decoder.feed(data)
+        if self.problem is None:
+            try:
+                self.spool.write(decoded)
+            except SpoolFull as err:
+                LOG.critical("ERR: Not enough space! %s", err)
+                self.problem = str(err)
+
+    def finish(self) -> bytes:
+        """What followed the block (to give back to the stream); notes whether the message
+        has dot lines (without them its file is its own wire form)."""
+        self.spool.dotless = not self.decoder.unstuffed
+        return self.decoder.leftover
 
 
 def header_text(headers: Message, name: str, limit: int = 256) -> str | None:
