@@ -233,7 +233,7 @@ def test_basic_deadline_kills_the_process_group(tmp_path):
     started = time.monotonic()
     with pytest.raises(ScannerError, match="deadline"):
         scanner.scan(mail_file(tmp_path), context(tmp_path, seconds=1.0))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the scanner would take 5 s or forever
     assert process_gone(int(pidfile.read_text()))
 
 
@@ -243,7 +243,7 @@ def test_basic_deadline_through_the_virus_step_is_an_error_verdict(tmp_path):
     result = verdict(scanner, message(), tmp_path, seconds=1.0)
     assert result.status == ERROR
     assert "deadline" in result.reason
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the scanner would take 5 s or forever
 
 
 # --- bash -----------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_clamd_silent_daemon_runs_into_the_deadline(tmp_path):
         started = time.monotonic()
         result = verdict(scanner, message(), tmp_path, seconds=1.0)
     assert result.status == ERROR
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the scanner would take 5 s or forever
 
 
 def test_clamd_check_and_version(clamd):
@@ -496,7 +496,7 @@ def test_avpd_silent_daemon_runs_into_the_deadline(sockdir, tmp_path):
         started = time.monotonic()
         result = verdict(make("avpd", scanner=str(sockdir)), message(), tmp_path, seconds=1.0)
     assert result.status == ERROR
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.5  # the scanner would take 5 s or forever
 
 
 # --- avpd_new (KAV 4 or KAV 5) --------------------------------------------------------------
@@ -583,7 +583,7 @@ def test_trophie_missing_or_silent_socket(sockdir, tmp_path):
         assert scanner.check() is None
         started = time.monotonic()
         assert verdict(scanner, message(), tmp_path, seconds=1.0).status == ERROR
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 3.5  # the scanner would take 5 s or forever
 
 
 # --- eicar ----------------------------------------------------------------------------------
