@@ -41,8 +41,6 @@ class Stream:
         self.buf = bytearray()
         self.pos = 0
         self.eof = False
-        self.received = 0
-        self.sent = 0
         sock.settimeout(timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -75,7 +73,6 @@ class Stream:
             self.eof = True
             return 0
         self.buf += data
-        self.received += len(data)
         return len(data)
 
     def readline(self, limit: int = MAX_LINE) -> bytes:
@@ -122,7 +119,6 @@ class Stream:
     def write(self, data: bytes) -> None:
         if data:
             self.sock.sendall(data)
-            self.sent += len(data)
 
     def send_parts(self, path: str, parts: list[bytes | tuple[int, int]]) -> None:
         """Send byte strings and (offset, length) ranges of a file, the ranges by
@@ -134,7 +130,7 @@ class Stream:
                     if isinstance(part, bytes):
                         self.write(part)
                     elif part[1]:
-                        self.sent += self.sock.sendfile(handle, part[0], part[1])
+                        self.sock.sendfile(handle, part[0], part[1])
         finally:
             if cork:
                 _set_cork(self.sock, 0)

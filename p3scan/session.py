@@ -111,10 +111,7 @@ class Session:
                 self._try_write(self.line_error)
         except PeerClosed as err:
             self.info.outcome = f"{err.side} closed"
-        except IdleTimeout:
-            LOG.warning("Connection timeout")
-            self.info.outcome = "timeout"
-        except TimeoutError:
+        except (IdleTimeout, TimeoutError):
             LOG.warning("Connection timeout")
             self.info.outcome = "timeout"
         except AbortSession as err:

@@ -49,6 +49,7 @@ class Spool:
         self.dotless = False  # set by the reader: no line starts with a dot
         self.ends_line = True  # the message ends with a line end (or is empty)
         self._tail = b"\n"  # the message starts at a line start
+        self._headers: Message | None = None
         self._next_space_check = 0
 
     # --- writing ----------------------------------------------------------------------------
@@ -149,9 +150,11 @@ class Spool:
                                         (self.header_end, self.size - self.header_end)]
 
     def headers(self) -> Message:
-        """The parsed header block (only what was kept)."""
-        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-            bytes(self.header))
+        """The parsed header block (only what was kept), parsed once the message is in."""
+        if self._headers is None or not self.file.closed:
+            self._headers = email.parser.BytesHeaderParser(
+                policy=email.policy.compat32).parsebytes(bytes(self.header))
+        return self._headers
 
 
 class Intake:
