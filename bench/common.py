@@ -113,21 +113,30 @@ class Run:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run_clients(host: str, port: int, users: list[str], count: int) -> Run:
-    """Each user's client RETRs its ``count`` messages, all clients at once."""
+def run_processes(target, arguments: list[tuple]) -> Run:
+    """Start one process per argument tuple (each puts its latencies on the queue that is
+    appended to its arguments); all run at once; return the combined run."""
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_client, args=((host, port, user, count, queue),))
-             for user in users]
+    procs = [multiprocessing.Process(target=target, args=((*args, queue),))
+             for args in arguments]
     started = time.perf_counter()
     for proc in procs:
         proc.start()
-    latencies: list[float] = []
-    for _ in procs:
-        latencies.extend(queue.get(timeout=600))
+    latencies = [value for _ in procs for value in queue.get(timeout=600)]
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join()
     return Run(len(latencies), elapsed, latencies)
+
+
+def run_clients(host: str, port: int, users: list[str], count: int) -> Run:
+    """Each user's client RETRs its ``count`` messages, all clients at once."""
+    return run_processes(_client, [(host, port, user, count) for user in users])
+
+
+def measure(rounds: int, port: int, users: list[str], count: int) -> Run:
+    """Best of ``rounds`` POP3 runs against ``port``."""
+    return best_of(rounds, lambda: run_clients("127.0.0.1", port, users, count))
 
 
 def best_of(times: int, action) -> Run:

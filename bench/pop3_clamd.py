@@ -22,10 +22,9 @@ import time
 from common import (
     FastPop3,
     Workspace,
-    best_of,
+    measure,
     message_of_size,
     peak_rss_kb,
-    run_clients,
     start_dovecot,
     start_p3scan,
 )
@@ -71,11 +70,10 @@ def main() -> None:
                      for _ in range(4)]
             scan_ms = clamd_scan_ms(clamd, size)
             for clients in (1, 4):
-                def measure(port: int, group=users[:clients], count=count):
-                    return best_of(rounds, lambda: run_clients("127.0.0.1", port, group, count))
-                direct = measure(dovecot.port)
+                group = users[:clients]
+                direct = measure(rounds, dovecot.port, group, count)
                 mark = len(proxy.log())
-                ours = measure(proxy.port)
+                ours = measure(rounds, proxy.port, group, count)
                 rows.append((label, count, clients, direct, ours, scan_ms,
                              logged_scan_ms(proxy.log()[mark:])))
         rss = big_message_rss(dovecot, proxy)

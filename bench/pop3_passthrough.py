@@ -17,10 +17,9 @@ from common import (
     C_P3SCAN,
     CP3scan,
     Workspace,
-    best_of,
+    measure,
     message_of_size,
     peak_rss_kb,
-    run_clients,
     start_dovecot,
     start_p3scan,
 )
@@ -44,11 +43,10 @@ def main() -> None:
             users = [dovecot.mailbox([message_of_size(size, n) for n in range(count)])
                      for _ in range(4)]
             for clients in (1, 4):
-                def measure(port: int, group=users[:clients], count=count) -> object:
-                    return best_of(rounds, lambda: run_clients("127.0.0.1", port, group, count))
-                direct = measure(dovecot.port)
-                ours = measure(proxy.port)
-                theirs = measure(original.port) if original else None
+                group = users[:clients]
+                direct = measure(rounds, dovecot.port, group, count)
+                ours = measure(rounds, proxy.port, group, count)
+                theirs = measure(rounds, original.port, group, count) if original else None
                 rows.append((label, count, clients, direct, ours, theirs))
         rss = peak_rss_kb(proxy.worker_pids())
     finally:

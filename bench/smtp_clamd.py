@@ -13,7 +13,7 @@ import multiprocessing
 import smtplib
 import time
 
-from common import Run, Workspace, best_of, message_of_size, start_p3scan
+from common import Run, Workspace, best_of, message_of_size, run_processes, start_p3scan
 
 from tests.support.clamd import Clamd
 from tests.support.exim import Exim
@@ -33,18 +33,8 @@ def _client(args: tuple[int, int, int, multiprocessing.Queue]) -> None:
 
 
 def run(port: int, clients: int, count: int) -> Run:
-    queue: multiprocessing.Queue = multiprocessing.Queue()
     seed = int(time.time() * 1000) % 100_000  # fresh messages: clamd's cache is off anyway
-    procs = [multiprocessing.Process(target=_client, args=((port, count, seed + n, queue),))
-             for n in range(clients)]
-    started = time.perf_counter()
-    for proc in procs:
-        proc.start()
-    latencies = [value for _ in procs for value in queue.get(timeout=600)]
-    elapsed = time.perf_counter() - started
-    for proc in procs:
-        proc.join()
-    return Run(len(latencies), elapsed, latencies)
+    return run_processes(_client, [(port, count, seed + n) for n in range(clients)])
 
 
 def main() -> None:
