@@ -80,3 +80,20 @@ def test_connect_failure_is_an_upstream_error():
     route = destination.Route("POP3", "127.0.0.1", number, "target")
     with pytest.raises(destination.UpstreamError, match=r"cannot connect to 127\.0\.0\.1"):
         destination.connect(route, 2)
+
+
+def test_without_root_directories_are_checked_not_created(tmp_path):
+    from p3scan import privileges, spooldirs
+
+    cfg = config.load(["-f", "/dev/null", "-T", "eicar", "-r", str(tmp_path / "spool"),
+                       "-n", str(tmp_path / "spool" / "notify"),
+                       "-l", str(tmp_path / "run" / "p.pid")])
+    with pytest.raises(spooldirs.DirectoryProblem) as caught:
+        spooldirs.prepare(cfg, privileges.current(), as_root=False)
+    assert caught.value.lines[0] == (f"{tmp_path}/spool (from virusdir) does not exist; create "
+                                     f"it, writable by {privileges.current().name}, or start "
+                                     "p3scan as root")
+    assert not (tmp_path / "spool").exists()
+    for sub in ("spool/children", "spool/notify", "run"):
+        (tmp_path / sub).mkdir(parents=True)
+    assert spooldirs.prepare(cfg, privileges.current(), as_root=False) == []
