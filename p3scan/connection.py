@@ -107,7 +107,7 @@ def _connect(client: Stream, route: Route, cfg: Any) -> Stream | None:
         if route.protocol == "POP3S":
             sock = tls.wrap_upstream(sock, route, cfg)
     except UpstreamError as err:
-        LOG.critical("ERR: Cannot connect to real-server: %s (%s)", route.address, err)
+        LOG.critical("ERR: Cannot connect to real-server: %s (%s)", route.address, err.reason)
         client.write(error_reply(route.protocol, str(err)))
         return None
     return Stream(sock, "server", cfg.idletimeout)

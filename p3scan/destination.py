@@ -41,7 +41,11 @@ class NoDestination(Exception):
 
 
 class UpstreamError(Exception):
-    """Connecting to the real server failed or timed out."""
+    """Connecting to the real server failed or timed out; ``reason`` says why, briefly."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def format_address(host: str, port: int) -> str:
@@ -146,8 +150,8 @@ def connect(route: Route, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((route.host, route.port), timeout=timeout)
     except TimeoutError:
-        raise UpstreamError(f"timed out connecting to {route.address}") from None
+        raise UpstreamError(f"timed out connecting to {route.address}", "timed out") from None
     except OSError as err:
         reason = err.strerror or str(err)
-        raise UpstreamError(f"cannot connect to {route.address}: {reason}") from None
+        raise UpstreamError(f"cannot connect to {route.address}: {reason}", reason) from None
     return sock

@@ -32,4 +32,5 @@ def wrap_upstream(sock: socket.socket, route: Route, cfg: Any) -> ssl.SSLSocket:
     except (ssl.SSLError, ssl.CertificateError, OSError) as err:
         sock.close()
         reason = getattr(err, "verify_message", None) or getattr(err, "reason", None) or err
-        raise UpstreamError(f"TLS handshake with {route.address} failed: {reason}") from None
+        raise UpstreamError(f"TLS handshake with {route.address} failed: {reason}",
+                            f"TLS handshake failed: {reason}") from None
