@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -92,6 +93,21 @@ class Scanner:
 
     def scan(self, target: str, ctx: ScanContext) -> ScanResult:
         raise NotImplementedError
+
+
+def connect(family: int, address: Any, timeout: float, label: str) -> socket.socket:
+    """A stream connection to a scanner daemon; failure is a ScannerError naming ``label``.
+    TCP connections get TCP_NODELAY: small requests must not wait for delayed ACKs."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    if family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.connect(address)
+    except OSError as err:
+        sock.close()
+        raise ScannerError(f"cannot connect to {label}: {err.strerror or err}") from None
+    return sock
 
 
 def run_program(argv: list[str], ctx: ScanContext) -> tuple[int, bytes]:

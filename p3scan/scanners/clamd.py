@@ -12,7 +12,7 @@ import socket
 import struct
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult
+from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
 
 DEFAULT = "127.0.0.1:3310"
 CHUNK = 64 * 1024
@@ -42,17 +42,7 @@ class Clamd(Scanner):
         self.family, self.address = parse_address(self.spec)
 
     def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        if self.family != socket.AF_UNIX:  # small writes must not wait for delayed ACKs
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.connect(self.address)
-        except OSError as err:
-            sock.close()
-            raise ScannerError(f"cannot connect to clamd at {self.spec}: "
-                               f"{err.strerror or err}") from None
-        return sock
+        return connect(self.family, self.address, timeout, f"clamd at {self.spec}")
 
     def _command(self, command: bytes, timeout: float = 5.0) -> str:
         with self._connect(timeout) as sock:

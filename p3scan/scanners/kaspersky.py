@@ -14,7 +14,7 @@ import struct
 import time
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult
+from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
 
 DEFAULT_DIR = "/var/run"
 INFECTED_CODES = {3, 4, 5, 6}  # suspicious, known virus, disinfected, deleted
@@ -34,14 +34,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def _connect(path: str, ctx: ScanContext) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(ctx.remaining())
-    try:
-        sock.connect(path)
-    except OSError as err:
-        sock.close()
-        raise ScannerError(f"cannot connect to {path}: {err.strerror or err}") from None
-    return sock
+    return connect(socket.AF_UNIX, path, ctx.remaining(), path)
 
 
 def virus_name(text: str, path: str) -> str:

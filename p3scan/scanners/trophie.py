@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult
+from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
 
 DEFAULT_SOCKET = "/var/run/trophie"
 
@@ -27,10 +27,8 @@ class Trophie(Scanner):
         return None if os.path.exists(self.socket) else f"{self.socket} does not exist"
 
     def scan(self, target: str, ctx: ScanContext) -> ScanResult:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(ctx.remaining())
+        sock = connect(socket.AF_UNIX, self.socket, ctx.remaining(), f"trophie at {self.socket}")
         try:
-            sock.connect(self.socket)
             sock.sendall(os.fsencode(target) + b"\n")
             reply = b""
             while b"\n" not in reply and len(reply) < 512:
