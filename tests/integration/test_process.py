@@ -86,14 +86,21 @@ def test_sigterm_lets_the_session_finish_then_removes_the_pidfile(dovecot, p3sca
     pop.pass_(PASSWORD)
     daemon.signal(signal.SIGTERM)
     daemon.wait_log("signalled, doing cleanup")
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", daemon.port), timeout=2).close()
+    wait_until(lambda: _refused(daemon.port), 5, "the listening socket to be closed")
     response, lines, _ = pop.retr(3)
     assert response.startswith(b"+OK") and b"Subject: third" in lines
     assert pop.quit().startswith(b"+OK")
     assert daemon.proc.wait(20) == 0
     assert not daemon.pidfile.exists()
     assert "P3Scan terminates now" in daemon.log()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
 
 
 def test_sigterm_deadline_ends_a_session_that_does_not_finish(dovecot, p3scan):
