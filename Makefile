@@ -26,9 +26,10 @@ MAILLANG   := $(if $(wildcard templates/p3scan-$(MAILLANG).mail),$(MAILLANG),en)
 VENV       := .venv
 VPY        := $(VENV)/bin/python
 RUNDIR     := .run
+RUNCONF    ?= conf/p3scan-local.conf
 PYTEST_ARGS ?=
 
-.PHONY: all run test unit lint deps venv install uninstall bench clean
+.PHONY: all run test unit lint deps venv install uninstall bench soak fuzz clean
 
 all: venv
 
@@ -42,7 +43,7 @@ venv: $(VENV)/.installed
 
 run: venv
 	@if [ "$$(id -u)" != 0 ]; then mkdir -p $(RUNDIR)/spool/children $(RUNDIR)/spool/notify; fi
-	$(VENV)/bin/p3scan -f conf/p3scan-local.conf
+	$(VENV)/bin/p3scan -f $(RUNCONF)
 
 deps:
 	@sh tests/debian-packages.sh
@@ -59,6 +60,15 @@ lint: venv
 
 bench: deps venv
 	$(VPY) bench/pop3_passthrough.py
+
+# 60 s of POP3 and SMTP mixed at 5 x maxchilds clients (root): 0 errors, no fd or process leak.
+SOAK_ARGS ?= --duration 60 --maxchilds 4
+soak: deps venv
+	$(VPY) bench/soak.py $(SOAK_ARGS)
+
+# The fuzz targets of tests/fuzz with thousands of examples each (make test runs them briefly).
+fuzz: venv
+	P3SCAN_FUZZ=long $(VPY) -m pytest tests/fuzz --timeout=7200 $(PYTEST_ARGS)
 
 install:
 	$(eval PYEXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)'))

@@ -118,6 +118,18 @@ def check_codes(value: Any) -> list[int]:
     return codes
 
 
+def check_ports(value: Any) -> list[int]:
+    """TCP ports (numbers or service names), separated by spaces, tabs or commas."""
+    items = [item for item in re.split(r"[\s,]+", _text(value).strip()) if item]
+    if not items:
+        raise Invalid("one or more ports (1 to 65535 or service names), separated by commas")
+    try:
+        return [check_port(item) for item in items]
+    except Invalid:
+        raise Invalid("one or more ports (1 to 65535 or service names), separated by "
+                      "commas") from None
+
+
 def check_text(value: Any) -> str:
     """Any text, kept verbatim (quotes and commas included, as the original did)."""
     return _text(value)
@@ -205,6 +217,7 @@ CHECKS: dict[str, Callable[..., Any]] = {
     "ipv4": check_ipv4,
     "ipaddr": check_ipaddr,
     "codes": check_codes,
+    "ports": check_ports,
     "text": check_text,
     "path": check_path,
     "command": check_command,

@@ -37,6 +37,7 @@ class Option:
     new: bool = False
     cli_only: bool = False
     path: bool = False
+    unset: str = ""  # what an unset option (default None) means, for --check-config
 
     @property
     def is_flag(self) -> bool:
@@ -74,6 +75,8 @@ OPTIONS: tuple[Option, ...] = (
     _O("targetport", "P", "port", 8110, "upstream port when targetip is set", "PORT"),
     _O("useurl", "U", "flag", False,
       "take the upstream server from the POP3 user name: USER name#host:port"),
+    _O("useurlports", None, "ports", [110, 995],
+       "destination ports a client may name in useurl mode", "PORT[,PORT...]", new=True),
     _O("emailport", "E", "port", 25, "destination port that marks a session as SMTP", "PORT"),
     _O("sslport", "L", "port", 995,
       "destination port that marks a session as POP3S (TLS towards the server)", "PORT"),
@@ -117,12 +120,17 @@ OPTIONS: tuple[Option, ...] = (
     _O("scanerror", None, "choice(tempfail, pass, reject)", "tempfail",
        "when the scanner fails: tempfail (retry later), pass (deliver, marked unscanned) "
        "or reject", "POLICY", new=True),
+    _O("unchecked", None, "choice(tempfail, pass, reject)", None,
+       "when a message cannot be checked completely (MIME beyond the splitter's limits): "
+       "tempfail, pass (deliver, marked unchecked) or reject (default: tempfail for POP3, "
+       "reject for SMTP)", "POLICY", new=True, unset="POP3: tempfail, SMTP: reject"),
     _O("scantimeout", None, "count(1, 86400)", 120,
        "a scan (scanner and filters) that takes longer counts as a scanner failure", "SECS",
        new=True),
     _O("timeout", "O", "count(1, 9999)", 30, "keep-alive interval in seconds", "SECS"),
     _O("broken", "B", "flag", False, "keep-alive sends whole header lines, not characters"),
-    _O("enabletop", "J", "flag", False, "scan TOP replies (otherwise TOP is refused)"),
+    _O("enabletop", "J", "flag", True,
+       "scan and relay TOP replies (default: on, unlike 2.3.2; enabletop = no refuses TOP)"),
     _O("bytesfree", "b", "count(0)", 10000,
       "minimum free space in KB in the spool file system (0: no check)", "KB"),
     _O("virusdir", "r", "path", "/var/spool/p3scan", "spool and quarantine directory", "DIR",
@@ -218,7 +226,8 @@ class Config:
             if opt.key in self.sources:
                 lines.append(f"# from {self.sources[opt.key]}")
             if value is None:
-                lines.append(f"# {opt.key} is not set")
+                lines.append(f"# {opt.key} is not set" + (f" ({opt.unset})" if opt.unset
+                                                          else ""))
             else:
                 lines.append(f"{opt.key} = {format_value(opt, value)}")
         return "\n".join(lines) + "\n"

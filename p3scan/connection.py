@@ -22,7 +22,7 @@ from p3scan.destination import (
     transparent_route,
     unmap,
 )
-from p3scan.lines import Stream
+from p3scan.lines import Stream, StreamError
 from p3scan.log import LOG
 from p3scan.pop3 import Pop3Session, useurl_handshake
 from p3scan.scanning import Scanning
@@ -58,7 +58,7 @@ def serve(conn: socket.socket, cfg: Any, scanning: Scanning) -> SessionInfo | No
         if route is None:
             return None
         LOG.info("%s Connection from %s", route.protocol, format_address(unmap(peer[0]), peer[1]))
-        LOG.info("Real-server address is %s", route.address)
+        LOG.info("Real-server address is %s%s", route.address, _resolved(route))
         if not _enough_space(client, route, cfg):
             return None
         upstream = _connect(client, route, cfg)
@@ -71,10 +71,20 @@ def serve(conn: socket.socket, cfg: Any, scanning: Scanning) -> SessionInfo | No
     except OSError as err:
         LOG.warning("Session aborted: %s", err.strerror or err)
         return None
+    except StreamError as err:  # the client went away before its session began
+        LOG.warning("Session aborted: %s", err)
+        return None
     finally:
         client.close()
         if upstream is not None:
             upstream.close()
+
+
+def _resolved(route: Route) -> str:
+    """`` (addresses)`` when useurl named the server by a host name."""
+    if not route.addresses or route.addresses == (route.host,):
+        return ""
+    return f" ({', '.join(route.addresses)})"
 
 
 def _route(conn: socket.socket, client: Stream, cfg: Any) -> Route | None:

@@ -22,6 +22,7 @@ class StreamError(Exception):
     def __init__(self, side: str, message: str):
         super().__init__(f"{side} {message}")
         self.side = side
+        self.detail = message
 
 
 class LineTooLong(StreamError):
@@ -68,7 +69,11 @@ class Stream:
         if self.pos and self.pos >= len(self.buf) // 2:
             del self.buf[:self.pos]
             self.pos = 0
-        data = self.sock.recv(CHUNK)
+        try:
+            data = self.sock.recv(CHUNK)
+        except ConnectionResetError:
+            self.eof = True
+            raise PeerClosed(self.name, "reset the connection") from None
         if not data:
             self.eof = True
             return 0
@@ -118,7 +123,10 @@ class Stream:
 
     def write(self, data: bytes) -> None:
         if data:
-            self.sock.sendall(data)
+            try:
+                self.sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                raise PeerClosed(self.name, "closed the connection") from None
 
     def send_parts(self, path: str, parts: list[bytes | tuple[int, int]]) -> None:
         """Send byte strings and (offset, length) ranges of a file, the ranges by

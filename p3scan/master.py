@@ -8,11 +8,18 @@ and takes the PID file, and the master forks ``maxchilds`` workers and keeps the
 Signal handlers only queue the signal and wake the main loop through a pipe:
 TERM/INT stop gracefully (sessions may finish within ``gracetimeout``), HUP reloads the
 configuration and replaces the workers, CHLD just wakes the loop to reap.
+
+A worker that cannot boot during start-up (until the first ``maxchilds`` workers are ready)
+stops p3scan: the cause is in the configuration or the installation, and a crash loop would
+hide it.  Later the same failure (a full or unwritable spool, say) must not take the running
+workers down with the master, so the master backs off (1 s doubling to 60 s), spawns one
+probe worker per attempt, logs how many workers are missing and why, and recovers once one
+boots.  After a reload the guard is not re-armed: the new configuration was checked already,
+stopping would end the sessions in progress, and a second reload can fix a bad one.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import select
 import shutil
@@ -33,17 +40,19 @@ from p3scan import (
     log,
     pidfile,
     pipeline,
+    preload,
     privileges,
     scanners,
     spooldirs,
 )
 from p3scan.log import LOG
-from p3scan.worker import BOOT_ERROR, BUSY, IDLE, READY, Worker
+from p3scan.worker import BOOT_ERROR, BUSY, FAILED, IDLE, READY, Worker
 
-PRELOAD = ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8")
 LOOP_TICK = 1.0
 BUSY_LOG_INTERVAL = 60.0
 MAX_EARLY_DEATHS = 5
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0  # seconds between attempts to boot a worker
+MISSING_LOG_INTERVAL = 60.0
 RESTART_ONLY = ("ip", "port", "backlog", "user", "pidfile", "debug", "foreground")
 
 
@@ -61,6 +70,12 @@ class WorkerInfo:
     booted: bool = False
     busy: bool = False
     deadline: float = 0.0  # when set: SIGTERM was sent, SIGKILL after this time
+    failure: str = ""  # why it could not boot, as the worker reported it
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` boot failures in a row: 1, 2, 4, ... 60."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 16))
 
 
 def bind(cfg: Any) -> list[socket.socket]:
@@ -96,6 +111,11 @@ class Master:
         self.stopping = False
         self.halt_reason = ""
         self.early_deaths = 0
+        self.starting = True  # until maxchilds workers were ready: boot failures stop p3scan
+        self.ready_count = 0
+        self.boot_failures = 0  # in a row, after start-up
+        self.retry_at = 0.0
+        self.last_missing_log = -MISSING_LOG_INTERVAL
         self.last_busy_log = -BUSY_LOG_INTERVAL
         self.pid = os.getpid()
 
@@ -112,16 +132,20 @@ class Master:
         try:
             account = self._account()
             lock = pidfile.claim(self.cfg.pidfile)
-            created = spooldirs.prepare(self.cfg, account, as_root=self.as_root)
+            created = self._prepare(account)
             self.listeners = bind(self.cfg)
         except (StartupError, pidfile.AlreadyRunning, privileges.UnknownUser) as err:
             LOG.critical("%s", err)
+            return 1
+        except pidfile.Unwritable as err:
+            LOG.critical("ERR: %s", err)
             return 1
         except spooldirs.DirectoryProblem as err:
             for line in err.lines:
                 LOG.critical("ERR: %s", line)
             return 1
-        _preload()
+        loaded = preload.preload()
+        LOG.debug("Preloaded %d modules (codecs, email) before the change of user", loaded)
         log.close_handlers()
         context = self._daemon_context(account, lock)
         try:
@@ -130,7 +154,7 @@ class Master:
             context.open()
         except (lockfile.Error, privileges.PrivilegeError) as err:
             log.setup(self.cfg, stderr=self.foreground)
-            LOG.critical("ERR: %s", err)
+            LOG.critical("ERR: %s", pidfile.describe(err, self.cfg.pidfile))
             return 1
         try:
             log.setup(self.cfg, stderr=self.foreground)
@@ -141,6 +165,22 @@ class Master:
             return self.loop()
         finally:
             context.close()
+
+    def _prepare(self, account: privileges.Account) -> list[str]:
+        """Create or check the directories, then try the PID file; report every problem."""
+        problems: list[str] = []
+        created: list[str] = []
+        try:
+            created = spooldirs.prepare(self.cfg, account, as_root=self.as_root)
+        except spooldirs.DirectoryProblem as err:
+            problems = err.lines
+        try:
+            pidfile.check_writable(self.cfg.pidfile, account if self.as_root else None)
+        except pidfile.Unwritable as err:
+            problems.append(str(err))
+        if problems:
+            raise spooldirs.DirectoryProblem(problems)
+        return created
 
     def _account(self) -> privileges.Account:
         if self.as_root:
@@ -220,36 +260,60 @@ class Master:
             pass
 
     def _sleep(self) -> None:
-        fds = [self.wake_r] + [info.status_fd for info in self.workers.values()]
+        by_fd = {info.status_fd: info for info in self.workers.values()}
+        timeout = LOOP_TICK
+        wait = self.retry_at - time.monotonic()
+        if self.boot_failures and 0 < wait < timeout:  # wake up for the next attempt
+            timeout = wait
         try:
-            readable, _, _ = select.select(fds, [], [], LOOP_TICK)
+            readable, _, _ = select.select([self.wake_r, *by_fd], [], [], timeout)
         except InterruptedError:
             return
         for fd in readable:
             if fd == self.wake_r:
                 _drain(fd)
             else:
-                self._read_status(fd)
+                self._read_status(by_fd[fd])
 
-    def _read_status(self, fd: int) -> None:
-        info = next((w for w in self.workers.values() if w.status_fd == fd), None)
-        data = _drain(fd)
-        if info is None or not data:
-            return
-        for code in data:
+    def _read_status(self, info: WorkerInfo) -> None:
+        data = _drain(info.status_fd)
+        for index, code in enumerate(data):
             byte = bytes([code])
             if byte == READY:
-                info.booted = True
-                self.early_deaths = 0
+                self._booted(info)
             elif byte in (BUSY, IDLE):
                 info.busy = byte == BUSY
+            elif byte == FAILED:
+                info.failure = data[index + 1:].decode("utf-8", "replace")
+                return
+
+    def _booted(self, info: WorkerInfo) -> None:
+        info.booted = True
+        self.early_deaths = 0
+        self.ready_count += 1
+        if self.starting and self.ready_count >= self.cfg.maxchilds:
+            self.starting = False
+        if self.boot_failures:
+            LOG.warning("Workers boot again after %d failed attempts; the missing workers "
+                        "are started now", self.boot_failures)
+            self.boot_failures = 0
+            self.retry_at = 0.0
 
     # --- workers --------------------------------------------------------------------------
 
+    def _current(self) -> list[WorkerInfo]:
+        """Workers of the current configuration that are not being retired."""
+        return [w for w in self.workers.values()
+                if w.generation == self.generation and not w.deadline]
+
     def spawn_workers(self) -> None:
-        current = [w for w in self.workers.values()
-                   if w.generation == self.generation and not w.deadline]
-        for _ in range(self.cfg.maxchilds - len(current)):
+        current = self._current()
+        missing = self.cfg.maxchilds - len(current)
+        if self.boot_failures:  # backing off: one probe worker, once its time has come
+            if time.monotonic() < self.retry_at or any(not w.booted for w in current):
+                return
+            missing = min(missing, 1)
+        for _ in range(missing):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -294,6 +358,7 @@ class Master:
         """Drop a dead worker: close its pipe and remove its work directory."""
         info = self.workers.pop(pid, None)
         if info is not None:
+            self._read_status(info)  # a boot failure's reason may still be in the pipe
             os.close(info.status_fd)
             shutil.rmtree(spooldirs.worker_dir(self.cfg, pid), ignore_errors=True)
         return info
@@ -307,7 +372,7 @@ class Master:
             return
         code = os.WEXITSTATUS(status)
         if code == BOOT_ERROR:
-            self.halt_reason = f"Worker {info.pid} failed to boot (see the line before)"
+            self._boot_failed(info, info.failure or "see the line before")
         elif code != 0:
             LOG.critical("ERR: worker %d exited with status %d", info.pid, code)
             self._count_early_death(info)
@@ -317,13 +382,31 @@ class Master:
     def _count_early_death(self, info: WorkerInfo) -> None:
         if info.booted or info.deadline:
             return
+        if not self.starting:
+            self._boot_failed(info, "it died before it was ready")
+            return
         self.early_deaths += 1
         if self.early_deaths >= MAX_EARLY_DEATHS:
             self.halt_reason = f"{self.early_deaths} workers died before they were ready"
 
+    def _boot_failed(self, info: WorkerInfo, reason: str) -> None:
+        """During start-up stop p3scan; later back off and try again."""
+        if self.starting:
+            self.halt_reason = f"Worker {info.pid} failed to boot ({reason})"
+            return
+        self.boot_failures += 1
+        delay = backoff_delay(self.boot_failures)
+        self.retry_at = time.monotonic() + delay
+        now = time.monotonic()
+        if self.boot_failures == 1 or now - self.last_missing_log >= MISSING_LOG_INTERVAL:
+            self.last_missing_log = now
+            missing = self.cfg.maxchilds - len([w for w in self._current() if w.booted])
+            LOG.error("ERR: %d of %d workers are missing: a new worker failed to boot (%s); "
+                      "%d failed attempts in a row, next attempt in %ds", missing,
+                      self.cfg.maxchilds, reason, self.boot_failures, delay)
+
     def _check_busy(self) -> None:
-        current = [w for w in self.workers.values()
-                   if w.generation == self.generation and not w.deadline]
+        current = self._current()
         if len(current) < self.cfg.maxchilds or not all(w.busy for w in current):
             return
         now = time.monotonic()
@@ -394,6 +477,8 @@ class Master:
         for warning in log.setup(new, stderr=self.foreground):
             LOG.warning("%s", warning)
         self.generation += 1
+        self.boot_failures = 0  # the new configuration gets a full set of workers at once
+        self.retry_at = 0.0
         for info in list(self.workers.values()):
             if not info.deadline:
                 self._retire(info)
@@ -408,16 +493,6 @@ class Master:
                             key, self.cfg.get(key), new.get(key))
                 kept[key] = self.cfg.get(key)
         return new.replace(**kept) if kept else new
-
-
-def _preload() -> None:
-    """Import what is otherwise imported lazily, while every file is still readable.
-
-    After the change of user the interpreter's own files may not be readable any more (a
-    Python under /root, say), and a lazy import would then fail in the middle of a session.
-    """
-    for name in PRELOAD:
-        importlib.import_module(name)
 
 
 def _listen_text(cfg: Any) -> str:

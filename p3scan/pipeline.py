@@ -23,20 +23,30 @@ from p3scan.log import LOG
 from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
 from p3scan.spool import Spool
 
-CLEAN, INFECTED, ERROR = "clean", "infected", "error"
+CLEAN, INFECTED, ERROR, UNCHECKED = "clean", "infected", "error", "unchecked"
+UNCHECKED_DEFAULT = {"POP3": "tempfail", "SMTP": "reject"}  # Amavis' CC_UNCHECKED
 WAIT_GRACE = 5.0
+SCAN_THREAD = "p3scan-scan"  # the worker waits for these before it clears its work directory
 LATER_STEPS = {"renattach": "attachment renaming", "checkspam": "spam checking",
                "overwrite": "the HTML filter", "extra": "extra notification"}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What became of one message: clean, infected (with names) or error (with a reason)."""
+    """What became of one message: clean, infected (with names), error (the scan failed)
+    or unchecked (the scan could not see all of the message), the last two with a reason."""
 
     status: str
     names: tuple[str, ...] = ()
     reason: str = ""
     seconds: float = 0.0
+    retry: bool = False  # the message is not all on disk: only trying again can help
+
+    @classmethod
+    def spool_failed(cls, reason: str) -> Verdict:
+        """The spool could not take the message (disk full): a tempfail whatever the
+        policy, since there is nothing complete to deliver, replace or quarantine."""
+        return cls(ERROR, reason=reason, retry=True)
 
     @property
     def text(self) -> str:
@@ -44,6 +54,35 @@ class Verdict:
         if self.names:
             return " & ".join(self.names)
         return self.reason or self.status
+
+    @property
+    def failure(self) -> str:
+        """How logs and replies name a message that is neither clean nor infected."""
+        return "could not be checked" if self.status == UNCHECKED else "could not be scanned"
+
+    @property
+    def cause(self) -> str:
+        return ("the message could not be checked completely" if self.status == UNCHECKED
+                else "the scan failed")
+
+    @property
+    def undone(self) -> str:
+        return "not checked" if self.status == UNCHECKED else "not scanned"
+
+    @property
+    def option(self) -> str:
+        """The option whose policy applies (see :func:`failure_policy`)."""
+        return "unchecked" if self.status == UNCHECKED else "scanerror"
+
+
+def failure_policy(verdict: Verdict, cfg: Any, protocol: str) -> str:
+    """tempfail, pass or reject: ``unchecked`` for unchecked mail (by default per
+    protocol), ``scanerror`` when the scan failed."""
+    if verdict.retry:
+        return "tempfail"
+    if verdict.status == UNCHECKED:
+        return cfg.unchecked or UNCHECKED_DEFAULT["SMTP" if protocol == "SMTP" else "POP3"]
+    return cfg.scanerror
 
 
 @dataclass
@@ -76,7 +115,7 @@ class VirusStep:
         ctx = ScanContext(job.deadline, job.workdir, job.values, job.env)
         try:
             result = self._scan(job.spool.path, ctx)
-        except (ScannerError, mimesplit.SplitError) as err:
+        except ScannerError as err:
             return Verdict(ERROR, reason=str(err))
         except OSError as err:
             return Verdict(ERROR, reason=f"{self.scanner.name}: {err.strerror or err}")
@@ -84,6 +123,8 @@ class VirusStep:
             return Verdict(INFECTED, names=result.names)
         if result.error:
             return Verdict(ERROR, reason=result.error)
+        if result.unchecked:
+            return Verdict(UNCHECKED, reason=result.unchecked)
         return None
 
     def _scan(self, path: str, ctx: ScanContext) -> ScanResult:
@@ -92,14 +133,26 @@ class VirusStep:
         directory = path + ".dir"
         os.mkdir(directory, 0o700)
         try:
-            files = mimesplit.split(path, directory)
-            if self.scanner.dirscan:
-                return self.scanner.scan(directory, ctx)
-            if not files:
-                return self.scanner.scan(path, ctx)
-            return self._scan_parts(files, ctx)
+            return self._scan_split(path, directory, ctx)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def _scan_split(self, path: str, directory: str, ctx: ScanContext) -> ScanResult:
+        """The parts, and the message as it is: a scanner that knows MIME itself then
+        sees what the splitter may have missed.  Problems of the split make the message
+        unchecked unless a virus is found all the same."""
+        try:
+            files, problems = mimesplit.split(path, directory), []
+        except mimesplit.SplitError as err:
+            files, problems = err.files, err.problems
+        if self.scanner.dirscan:
+            os.link(path, os.path.join(directory, "message"))
+            result = self.scanner.scan(directory, ctx)
+        else:
+            result = self._scan_parts([*files, path], ctx)
+        if problems and not (result.infected or result.error):
+            return ScanResult.not_checked("; ".join(problems))
+        return result
 
     def _scan_parts(self, files: list, ctx: ScanContext) -> ScanResult:
         """Each part on its own; a failing part never hides a virus found in another."""
@@ -145,7 +198,8 @@ class Running:
         self.started = time.monotonic()
         self.verdict: Verdict | None = None
         self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(pipeline,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(pipeline,), daemon=True,
+                                       name=SCAN_THREAD)
         self.thread.start()
 
     def _run(self, pipeline: Pipeline) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from p3scan.destination import NoDestination, Route, useurl_route
-from p3scan.lines import Stream, copy_block
+from p3scan.lines import MAX_LINE, LineTooLong, Stream, copy_block
 from p3scan.log import LOG
 from p3scan.pop3msg import Retrieval
 from p3scan.session import Session, SessionInfo, sasl_plain_user, split_command
@@ -19,6 +19,8 @@ from p3scan.session import Session, SessionInfo, sasl_plain_user, split_command
 BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
 BLOCK_WITHOUT_ARGUMENT = frozenset({"LIST", "UIDL", "AUTH"})
 USEURL_MAX_TRIES = 10
+MAX_CAPA_LINES = 512  # the reply is filtered in memory; real servers send a dozen
+USEURL_CAPABILITIES = ("USER", "TOP", "UIDL", "RESP-CODES", "PIPELINING")
 
 
 def expects_block(verb: str, arg: str) -> bool:
@@ -39,6 +41,9 @@ class Pop3Session(Session):
 
     protocol = "POP3"
     line_error = b"-ERR [SYS/PERM] p3scan: command line too long\r\n"
+
+    def failure_reply(self, text: str) -> bytes:
+        return f"-ERR [SYS/TEMP] p3scan: {text}\r\n".encode("utf-8", "replace")
 
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
                  scanning: Any):
@@ -64,7 +69,7 @@ class Pop3Session(Session):
             self.done = user is not None
             return
         # useurl: the client already got our +OK; log in with the user part of its USER.
-        self.server.write(f"USER {user}\r\n".encode("latin-1", "replace"))
+        self.forward(f"USER {user}\r\n".encode("latin-1", "replace"))
         self.client.write(self.server_line())
         self.info.user = user
 
@@ -72,10 +77,11 @@ class Pop3Session(Session):
 
     def relay_command(self, line: bytes, verb: str, arg: str) -> None:
         """Forward one command and relay its whole reply unchanged."""
-        self.server.write(line)
+        self.forward(line)
         status = self.server_line()
         self.client.write(status)
         if is_ok(status) and expects_block(verb, arg):
+            self.answered = True  # the block streams through: an error can only close
             copy_block(self.server, self.client.write)
 
     def do_message(self, line: bytes, verb: str, arg: str) -> None:
@@ -88,7 +94,7 @@ class Pop3Session(Session):
         if not number.isdigit() or int(number) < 1:
             LOG.warning("%s msg %s (<1) !!!! ", verb, number)
         self.info.messages += 1
-        self.server.write(line)
+        self.forward(line)
         status = self.server_line()
         if not is_ok(status):
             self.client.write(status)
@@ -97,11 +103,14 @@ class Pop3Session(Session):
 
     def do_capa(self, line: bytes, verb: str, arg: str) -> None:
         """Relay CAPA without the capabilities the proxy cannot honour."""
-        self.server.write(line)
+        self.forward(line)
         reply = [self.server_line()]
         if is_ok(reply[0]):
             hidden = self.hidden_capabilities()
             while True:
+                if len(reply) > MAX_CAPA_LINES:
+                    raise LineTooLong(self.server.name, f"CAPA reply longer than "
+                                                        f"{MAX_CAPA_LINES} lines")
                 item = self.server_line()
                 if item.rstrip(b"\r\n") == b".":
                     reply.append(item)
@@ -126,17 +135,18 @@ class Pop3Session(Session):
             self.relay_command(line, verb, arg)
             return
         mechanism, _, initial = arg.partition(" ")
-        self.server.write(line)
+        self.forward(line)
         while True:
             status = self.server_line()
-            self.client.write(status)
             if not status.startswith(b"+") or is_ok(status):
                 break
+            self.client.write(status)
             response = self.client_line()
             initial = initial or response.decode("latin-1")
-            self.server.write(response)
-        if is_ok(status) and mechanism.upper() == "PLAIN":
+            self.forward(response)
+        if is_ok(status) and mechanism.upper() == "PLAIN":  # known before the client hears
             self.info.user = sasl_plain_user(initial) or self.info.user
+        self.client.write(status)
 
     def do_user(self, line: bytes, verb: str, arg: str) -> None:
         self.info.user = arg or self.info.user
@@ -153,15 +163,32 @@ class Pop3Session(Session):
         self.done = True
 
 
+def useurl_capabilities(cfg: Any) -> bytes:
+    """The answer to a CAPA before USER in useurl mode, when there is no server to ask yet.
+
+    fetchmail and poplib ask before they log in; what is listed works through the proxy.
+    """
+    names = [name for name in USEURL_CAPABILITIES if name != "TOP" or cfg.enabletop]
+    lines = "".join(f"{name}\r\n" for name in names)
+    return f"+OK Capability list follows\r\n{lines}.\r\n".encode()
+
+
 def useurl_handshake(client: Stream, cfg: Any) -> Route | None:
     """Greet the client and wait for ``USER name#host:port``; None if it gives up.
 
-    Until then every command but QUIT gets ``-ERR Not Identified`` (as the original).
-    A malformed USER gets an explanation instead of a silent close.
+    Until then CAPA gets the proxy's own list, QUIT ends, and every other command gets
+    ``-ERR Not Identified`` (as the original).  A USER that cannot be used (malformed, a
+    port not in ``useurlports``, p3scan itself, a name that does not resolve) gets ``-ERR``
+    with the reason and a log line, and the client may try again.
     """
     client.write(b"+OK\r\n")
     for _attempt in range(USEURL_MAX_TRIES):
-        line = client.readline()
+        try:
+            line = client.readline()
+        except LineTooLong:
+            LOG.warning("useurl: client line longer than %d bytes before USER", MAX_LINE)
+            client.write(b"-ERR [SYS/PERM] p3scan: command line too long\r\n")
+            return None
         if not line.endswith(b"\n"):
             return None
         verb, arg = split_command(line)
@@ -169,13 +196,20 @@ def useurl_handshake(client: Stream, cfg: Any) -> Route | None:
             try:
                 return useurl_route(arg, cfg)
             except NoDestination as err:
-                LOG.critical("Unable to find destination in USER '%s': %s", arg, err)
-                client.write(f"-ERR {err}\r\n".encode())
+                LOG.critical("Unable to use destination in USER %s: %s", shown(arg), err)
+                client.write(f"-ERR p3scan: {err}\r\n".encode("ascii", "replace"))
+        elif verb == "CAPA":
+            client.write(useurl_capabilities(cfg))
         elif verb == "QUIT":
             client.write(b"+OK bye\r\n")
             return None
         else:
-            LOG.debug("client said: %s", line.rstrip(b"\r\n").decode("latin-1"))
+            LOG.debug("client said: %s", shown(line.rstrip(b"\r\n").decode("latin-1")))
             client.write(b"-ERR Not Identified\r\n")
     client.write(b"-ERR too many errors\r\n")
     return None
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """Client text for a log line: quoted, control and 8-bit characters escaped, cut short."""
+    return ascii(text[:limit]) + ("..." if len(text) > limit else "")

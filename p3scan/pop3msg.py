@@ -3,9 +3,10 @@
 A clean message goes back dot-stuffed exactly as the server sent it, with the X-P3Scan
 header inserted where the header ends; the status line is the server's, with the octet
 count corrected.  An infected one is quarantined (fsync'd) before the client gets the
-notification in its place.  When the scan fails, ``scanerror`` decides: ``tempfail``
-answers ``-ERR [SYS/TEMP]`` (RFC 3206) and leaves the message on the server, ``pass``
-delivers it marked unscanned, ``reject`` treats it like a virus.  Once keep-alive bytes have
+notification in its place.  When the scan fails, ``scanerror`` decides (and ``unchecked``
+when the message could not be checked completely): ``tempfail`` answers ``-ERR
+[SYS/TEMP]`` (RFC 3206) and leaves the message on the server, ``pass`` delivers it marked
+unscanned, ``reject`` treats it like a virus.  Once keep-alive bytes have
 gone out no error reply is possible, so the connection is closed without the final ``.``:
 a client never takes a truncated message for a complete one.
 """
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING
 from p3scan.keepalive import KeepAlive
 from p3scan.lines import PeerClosed, send_stuffed
 from p3scan.log import LOG
-from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
+from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict, failure_policy
+from p3scan.scanning import QuarantineError
 from p3scan.session import AbortSession, IdleTimeout
 from p3scan.spool import Intake, Spool
 
@@ -66,9 +68,15 @@ class Retrieval:
             self.scanning.log_verdict("POP3", self.number, spool.size, verdict)
             self._answer(spool, verdict, values)
         except PeerClosed as err:
-            if err.side == self.server.name and not self.keepalive.started:
-                self.client.write(b"-ERR [SYS/TEMP] p3scan: the server closed the connection "
-                                  b"during the download\r\n")
+            if err.side == self.server.name and not (self.keepalive.started or
+                                                     self.session.answered):
+                self.client.write(f"-ERR [SYS/TEMP] p3scan: the server {err.detail} during "
+                                  f"the download\r\n".encode())
+            self.session.answered = True
+            raise
+        except BaseException:
+            if self.keepalive.started:  # an error reply would land inside the message
+                self.session.answered = True
             raise
         finally:
             spool.remove()
@@ -89,12 +97,12 @@ class Retrieval:
                     self.keepalive.tick_if_due(scanning=False)
                     continue
                 if not self.server.fill():
-                    raise PeerClosed(self.server.name, "closed the connection during a RETR")
+                    raise PeerClosed(self.server.name, "closed the connection")
                 last_data = time.monotonic()
             intake.feed(self.server.take())
             self.keepalive.tick_if_due(scanning=False)
         self.server.unread(intake.finish())
-        return Verdict(ERROR, reason=intake.problem) if intake.problem else None
+        return Verdict.spool_failed(intake.problem) if intake.problem else None
 
     # --- scan -------------------------------------------------------------------------------
 
@@ -112,25 +120,31 @@ class Retrieval:
     def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
         if verdict.status == CLEAN:
             self._deliver(spool, self.scanning.clean_header("POP3"))
-        elif verdict.status == INFECTED:
+            return
+        if verdict.status == INFECTED:
             self._replace(spool, verdict, values)
-        elif self.cfg.scanerror == "pass":
-            LOG.warning("Delivering POP3 message %s unscanned (scanerror = pass): %s",
-                        self.number, verdict.reason)
-            self._deliver(spool, self.scanning.unscanned_header(verdict.reason))
-        elif self.cfg.scanerror == "reject":
-            failed = Verdict(ERROR, (f"not scanned: {verdict.reason}",), verdict.reason)
+            return
+        policy = failure_policy(verdict, self.cfg, "POP3")
+        if policy == "pass":
+            LOG.warning("Delivering POP3 message %s %s (%s = pass): %s", self.number,
+                        verdict.undone.replace("not ", "un"), verdict.option, verdict.reason)
+            self._deliver(spool, self.scanning.unscanned_header(verdict))
+        elif policy == "reject":
+            failed = Verdict(verdict.status, (f"{verdict.undone}: {verdict.reason}",),
+                             verdict.reason)
             self._replace(spool, failed, values)
         else:
             self._tempfail(verdict)
 
     def _tempfail(self, verdict: Verdict) -> None:
-        LOG.error("ERR: POP3 message %s not delivered, the scan failed: %s (the message stays "
-                  "on the server)", self.number, verdict.reason)
+        LOG.error("ERR: POP3 message %s not delivered, %s: %s (the message stays "
+                  "on the server)", self.number, verdict.cause, verdict.reason)
         if self.keepalive.started:
-            raise AbortSession("the scan failed after keep-alive began; closing without '.'")
-        self.client.write(f"-ERR [SYS/TEMP] p3scan: message {self.number} could not be "
-                          f"scanned ({verdict.reason}); try again later\r\n"
+            raise AbortSession(f"the message {verdict.failure} after keep-alive began; "
+                               "closing without '.'")
+        self.session.answered = True
+        self.client.write(f"-ERR [SYS/TEMP] p3scan: message {self.number} {verdict.failure} "
+                          f"({verdict.reason}); try again later\r\n"
                           .encode("utf-8", "replace"))
 
     def _deliver(self, spool: Spool, header: bytes) -> None:
@@ -146,19 +160,26 @@ class Retrieval:
             self.keepalive.end_line()
             status = b""
         end = b".\r\n" if spool.ends_line else b"\r\n.\r\n"
+        self.session.answered = True
         self.client.send_parts(spool.path, [status, *parts, end])
         self.session.info.bytes += size
 
     def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
-        self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
+        try:
+            self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
+        except QuarantineError as err:  # no copy kept: the message stays on the server
+            self._tempfail(Verdict(ERROR, reason=f"{verdict.text}; {err}"))
+            return
         self.scanning.log_virus(values)
         notice = self.scanning.notification(spool, values)
         self._send(status_with_size(self.status, len(notice)), len(notice), iter([notice]))
 
     def _send(self, status: bytes, size: int, chunks: Iterator[bytes]) -> None:
         """The status line (or, after keep-alive, the end of its line), then the data."""
+        self.session.answered = True
         if self.keepalive.started:
             self.keepalive.end_line()
             status = b""
         send_stuffed(self.client.write, chunks, status)
         self.session.info.bytes += size
+

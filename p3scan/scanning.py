@@ -14,7 +14,16 @@ from typing import Any
 
 from p3scan import PROGNAME, __version__, notify, quarantine, scanners
 from p3scan.log import LOG
-from p3scan.pipeline import Job, Pipeline, Running, Verdict, footer_lines, scanner_info
+from p3scan.pipeline import (
+    ERROR,
+    UNCHECKED,
+    Job,
+    Pipeline,
+    Running,
+    Verdict,
+    footer_lines,
+    scanner_info,
+)
 from p3scan.session import SessionInfo
 from p3scan.spool import Spool, header_text
 
@@ -22,6 +31,10 @@ CLEAN_HEADER = {
     "POP3": f"X-P3Scan: Version {__version__} by <laitcg@cox.net>/<folke@ashberg.de>",
     "SMTP": f"X-P3Scan: v{__version__} by Jack S. Lai. No outbound virus detected.",
 }
+
+
+class QuarantineError(Exception):
+    """The message could not be quarantined, so it must not be replaced or refused."""
 
 
 class Scanning:
@@ -64,8 +77,13 @@ class Scanning:
         return self.pipeline.start(self.job(spool, values))
 
     def scan(self, spool: Spool, values: dict[str, str | None]) -> Verdict:
-        """Scan and wait (SMTP: the client waits for the reply to its final dot)."""
-        return self.pipeline.run(self.job(spool, values))
+        """Scan and wait (SMTP: the client waits for the reply to its final dot).  As
+        for a threaded scan, a bug in a step is a scan failure, never a lost message."""
+        try:
+            return self.pipeline.run(self.job(spool, values))
+        except Exception as err:
+            LOG.exception("Scan pipeline failed")
+            return Verdict(ERROR, reason=f"internal error: {err}")
 
     def _copy_template(self) -> str:
         """altvnmsg: a private copy of the template that a bash scanner may edit."""
@@ -81,8 +99,11 @@ class Scanning:
     def clean_header(self, protocol: str) -> bytes:
         return CLEAN_HEADER["SMTP" if protocol == "SMTP" else "POP3"].encode()
 
-    def unscanned_header(self, reason: str) -> bytes:
-        return f"X-P3Scan: not scanned, the virus scanner failed: {notify.clean_value(reason)}"\
+    def unscanned_header(self, verdict: Verdict) -> bytes:
+        """The header of a message delivered by the ``pass`` policy."""
+        what = ("unchecked, the message could not be checked completely"
+                if verdict.status == UNCHECKED else "not scanned, the virus scanner failed")
+        return f"X-P3Scan: {what}: {notify.clean_value(verdict.reason)}"\
             .encode("utf-8", "replace")
 
     def quarantine(self, spool: Spool, values: dict[str, str | None], verdict: Verdict,
@@ -99,7 +120,13 @@ class Scanning:
                     "from": values.get("MAILFROM"), "to": values.get("MAILTO"),
                     "subject": values.get("SUBJECT"), "scanner": self.scanner.name,
                     "p3scan": f"{PROGNAME} {__version__}", **extra}
-            path = quarantine.store(spool, self.cfg.virusdir, meta)
+            try:
+                path = quarantine.store(spool, self.cfg.virusdir, meta)
+            except OSError as err:
+                LOG.critical("ERR: cannot quarantine a message in %s: %s", self.cfg.virusdir,
+                             err.strerror or err)
+                raise QuarantineError(f"the quarantine is not writable "
+                                      f"({err.strerror or err})") from None
         values["MAILFILE"] = path or spool.path
         values["P3SCANID"] = "/" + os.path.basename(path) if path else self.cfg.notify
         return path

@@ -3,9 +3,15 @@
 A session reads one client command, hands it to the verb's method, and only reads the next
 command when that method has relayed the whole reply.  A pipelining client is therefore just
 queued in the client buffer, and replies can never be attributed to the wrong command (the
-original's scan bypass, spec §6.1).  While waiting for a command, bytes the server sends on
-its own (for example the rest of a multi-line reply to a command we do not know) are relayed
-unchanged.
+original's scan bypass, spec §6.1).  Bytes the server sends that no command asked for (after
+the end of a reply, or while the client is idle) are a protocol violation: relayed later
+they would reach the client unscanned as if they answered its next command.  So before each
+command goes to the server, and while the client is idle, the server must be silent;
+otherwise the session ends with an error reply and a log line naming the server.
+
+Every failure answers: a server that closes, resets, times out or sends a line over the
+limit while a command waits for its reply gives the client a temporary error naming the
+cause (unless part of the reply has gone out already: then only closing is safe).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p3scan.destination import Route
-from p3scan.lines import MAX_LINE, LineTooLong, PeerClosed, Stream
+from p3scan.lines import MAX_LINE, LineTooLong, PeerClosed, Stream, StreamError
 from p3scan.log import LOG
 
 Handler = Callable[[bytes, str, str], None]
@@ -31,6 +37,10 @@ class IdleTimeout(Exception):
 
 class AbortSession(Exception):
     """The client has seen part of a reply that can no longer be completed correctly."""
+
+
+class ProtocolViolation(Exception):
+    """The server sent something no command asked for; the session must end."""
 
 
 @dataclass
@@ -82,6 +92,10 @@ class Session:
     protocol = ""
     line_error = b""  # reply to a client line that is too long
 
+    def failure_reply(self, text: str) -> bytes:
+        """A temporary error in the client's protocol (``-ERR [SYS/TEMP]`` or ``4xx``)."""
+        raise NotImplementedError
+
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
                  scanning: Any):
         self.client = client
@@ -91,12 +105,15 @@ class Session:
         self.scanning = scanning
         self.done = False
         self.verbs: dict[str, Handler] = {}
+        self.awaiting_server = False  # a command (or the greeting) waits for its reply
+        self.answered = False  # part of that reply reached the client: only closing is safe
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
         """Relay the whole session; record how it ended in ``info.outcome``."""
         try:
+            self.awaiting_server = True
             self.greet()
             while not self.done:
                 line = self.next_command()
@@ -105,20 +122,40 @@ class Session:
                     break
                 verb, arg = split_command(line)
                 self.verbs.get(verb, self.relay_command)(line, verb, arg)
+        except ProtocolViolation as err:
+            LOG.error("ERR: server %s: %s; closing the session", self.info.route.address, err)
+            self.info.outcome = f"error: server protocol violation: {err}"
+            self._try_write(self.failure_reply("the server sent data that no command asked "
+                                               "for; closing"))
         except LineTooLong as err:
             self.info.outcome = f"error: {err}"
             if err.side == self.client.name:
                 self._try_write(self.line_error)
+            else:
+                self._server_failed(f"the server sent a {err.detail}")
         except PeerClosed as err:
             self.info.outcome = f"{err.side} closed"
+            if err.side == self.server.name:
+                self._server_failed(f"the server {err.detail}")
         except (IdleTimeout, TimeoutError):
             LOG.warning("Connection timeout")
             self.info.outcome = "timeout"
+            self._server_failed("the server did not answer within idletimeout")
         except AbortSession as err:
             LOG.error("ERR: %s", err)
             self.info.outcome = f"error: {err}"
         except OSError as err:
             self.info.outcome = f"error: {err.strerror or err}"
+        except Exception as err:  # a bug must still answer, and the worker goes on
+            LOG.exception("Unexpected error in a %s session", self.protocol)
+            self.info.outcome = f"error: internal error: {err}"
+            self._server_failed("internal error")
+
+    def _server_failed(self, cause: str) -> None:
+        """Answer the command that waits for the server, unless part of its reply is out."""
+        if self.awaiting_server and not self.answered:
+            LOG.error("ERR: %s (server %s)", cause, self.info.route.address)
+            self._try_write(self.failure_reply(cause))
 
     def greet(self) -> None:
         raise NotImplementedError
@@ -130,25 +167,40 @@ class Session:
 
     def next_command(self) -> bytes | None:
         """The next complete client line, or None once the client has gone."""
+        self.awaiting_server = self.answered = False
         while not self.client.has_line():
             if self.client.eof:
                 return None
             if self.client.buffered > MAX_LINE:
                 raise LineTooLong(self.client.name, f"line longer than {MAX_LINE} bytes")
-            self._wait_and_relay()
+            self._wait_for_client()
         return self.client.readline()
 
-    def _wait_and_relay(self) -> None:
-        """Wait for either side; relay what the server sends unasked; fill the client buffer."""
-        if self.server.buffered:
-            self.client.write(self.server.take())
+    def _wait_for_client(self) -> None:
+        """Wait for the client; the server must stay silent meanwhile."""
+        self.check_server_silent()
         readable = self._select([self.client, self.server])
         if self.server in readable:
-            if not self.server.fill():
-                raise PeerClosed(self.server.name, "closed the connection")
-            self.client.write(self.server.take())
+            self.check_server_silent()
         if self.client in readable:
             self.client.fill()
+
+    def check_server_silent(self) -> None:
+        """Raise :class:`ProtocolViolation` if the server has sent anything unasked."""
+        if not self.server.buffered:
+            readable, _, _ = select.select([self.server], [], [], 0)
+            if not readable:
+                return
+            if not self.server.fill():
+                raise PeerClosed(self.server.name, "closed the connection")
+        raise ProtocolViolation(f"{self.server.buffered} bytes that no command asked for: "
+                                f"{self.server.peek()[:60]!r}")
+
+    def forward(self, line: bytes) -> None:
+        """Send one client line (a command, a SASL response) to the silent server."""
+        self.check_server_silent()
+        self.awaiting_server = True
+        self.server.write(line)
 
     def _select(self, streams: list[Stream]) -> list[Stream]:
         readable, _, _ = select.select(streams, [], [], self.cfg.idletimeout)
@@ -173,5 +225,5 @@ class Session:
     def _try_write(self, data: bytes) -> None:
         try:
             self.client.write(data)
-        except OSError:
+        except (OSError, StreamError):  # the client has gone: nobody left to tell
             pass

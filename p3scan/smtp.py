@@ -12,12 +12,12 @@ from typing import Any
 
 from p3scan.lines import LineTooLong, PeerClosed, Stream, copy_block
 from p3scan.log import LOG
-from p3scan.session import Session, SessionInfo, sasl_plain_user
+from p3scan.session import ProtocolViolation, Session, SessionInfo, sasl_plain_user
 from p3scan.smtpmsg import Envelope, Submission, parse_address
 
 EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME"})
 MAX_REPLY_LINES = 512
-MAX_BDAT_DISCARD = 64 * 1024 * 1024
+MAX_BDAT_DIGITS = 20  # 10**20 bytes is beyond any chunk: a longer size is no size at all
 
 
 def reply_code(reply: list[bytes]) -> int:
@@ -54,6 +54,9 @@ class SmtpSession(Session):
     protocol = "SMTP"
     line_error = b"500 5.5.2 p3scan: command line too long\r\n"
 
+    def failure_reply(self, text: str) -> bytes:
+        return f"421 4.4.2 p3scan: {text}\r\n".encode("utf-8", "replace")
+
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
                  scanning: Any):
         super().__init__(client, server, cfg, info, scanning)
@@ -71,7 +74,7 @@ class SmtpSession(Session):
             "QUIT": self.do_quit,
         }
 
-    def read_reply(self) -> list[bytes]:
+    def read_lines(self) -> list[bytes]:
         """All lines of one server reply (``250-...`` up to the ``250 ...`` line)."""
         lines = [self.server_line()]
         while not is_last_line(lines[-1]):
@@ -85,13 +88,26 @@ class SmtpSession(Session):
 
     def relay_command(self, line: bytes, verb: str, arg: str) -> list[bytes]:
         """Forward one command; relay its reply, which is returned too."""
-        self.server.write(line)
+        self.forward(line)
         reply = self.read_reply()
         self.client.write(b"".join(reply))
         return reply
 
+    def read_reply(self, intermediate: int = 0) -> list[bytes]:
+        """A reply whose 3xx code may only be ``intermediate`` (354 after DATA, 334 in
+        AUTH): any other 3xx would make the client send data the proxy takes for commands,
+        and a 2xx to DATA would tell the client a message was taken that was never sent."""
+        reply = self.read_lines()
+        code = reply_code(reply)
+        if 300 <= code < 400 and code != intermediate:
+            raise ProtocolViolation(f"a {code} reply where none can be: "
+                                    f"{reply[0][:60]!r}")
+        if intermediate == 354 and code < 300:  # "accepted" before any data was sent
+            raise ProtocolViolation(f"a {code} reply to DATA: {reply[0][:60]!r}")
+        return reply
+
     def do_ehlo(self, line: bytes, verb: str, arg: str) -> None:
-        self.server.write(line)
+        self.forward(line)
         reply = self.read_reply()
         if reply_code(reply) == 250:
             reply = filter_ehlo(reply)
@@ -120,12 +136,22 @@ class SmtpSession(Session):
         self.client.write(b"454 4.7.0 p3scan: TLS is not available through this proxy\r\n")
 
     def do_bdat(self, line: bytes, verb: str, arg: str) -> None:
-        """CHUNKING is never offered; skip the chunk the client sent anyway and refuse it."""
+        """CHUNKING is never offered; the chunk a client sends anyway is data whatever its
+        size, never commands: it is read and discarded as it streams (each read waits at
+        most ``idletimeout``), then refused.  Without a chunk size the framing is lost, so
+        the session ends with 421."""
         size = arg.partition(" ")[0]
-        remaining = int(size) if size.isdigit() and int(size) <= MAX_BDAT_DISCARD else 0
+        if not (size.isascii() and size.isdigit() and len(size) <= MAX_BDAT_DIGITS):
+            LOG.warning("BDAT without a valid chunk size (%r); closing the session", arg[:40])
+            self.client.write(b"421 4.4.2 p3scan: BDAT without a valid chunk size, the "
+                              b"message framing is lost; closing the connection\r\n")
+            self.info.outcome = "error: BDAT without a valid chunk size"
+            self.done = True
+            return
+        remaining = int(size)
         while remaining > 0:
             if not self.client.buffered and not self.client.fill():
-                break
+                raise PeerClosed(self.client.name, "closed the connection during a BDAT chunk")
             remaining -= len(self.client.take(remaining))
         self.client.write(b"502 5.5.1 p3scan: BDAT is not supported (CHUNKING was not offered)\r\n")
 
@@ -149,18 +175,19 @@ class SmtpSession(Session):
 
     def _data_without_recipients(self, line: bytes) -> None:
         """No recipient was accepted: the server decides (it will refuse DATA)."""
-        self.server.write(line)
-        reply = self.read_reply()
+        self.forward(line)
+        reply = self.read_reply(intermediate=354)
         if reply_code(reply) == 354:  # a server that accepts DATA without recipients
             self.client.write(b"451 4.3.0 p3scan: the server accepted DATA without any "
                               b"recipient; giving up\r\n")
+            self.answered = True
             raise PeerClosed(self.server.name, "accepted DATA without recipients")
         self.client.write(b"".join(reply))
 
     def _relay_unscanned(self, line: bytes) -> None:
         """checksize: DATA, the message and the reply pass as they are (as the original)."""
-        self.server.write(line)
-        reply = self.read_reply()
+        self.forward(line)
+        reply = self.read_reply(intermediate=354)
         self.client.write(b"".join(reply))
         if reply_code(reply) == 354:
             self.info.bytes += copy_block(self.client, self.server.write)
@@ -170,17 +197,18 @@ class SmtpSession(Session):
     def do_auth(self, line: bytes, verb: str, arg: str) -> None:
         """Relay ``334`` challenges and the client's answers until the final reply."""
         mechanism, _, response = arg.partition(" ")
-        self.server.write(line)
+        self.forward(line)
         while True:
-            reply = self.read_reply()
-            self.client.write(b"".join(reply))
+            reply = self.read_reply(intermediate=334)
             if reply_code(reply) != 334:
                 break
+            self.client.write(b"".join(reply))
             answer = self.client_line()
             response = response or answer.decode("latin-1")
-            self.server.write(answer)
-        if reply_code(reply) == 235 and mechanism.upper() == "PLAIN":
+            self.forward(answer)
+        if reply_code(reply) == 235 and mechanism.upper() == "PLAIN":  # before the client hears
             self.info.user = sasl_plain_user(response) or self.info.user
+        self.client.write(b"".join(reply))
 
     def do_quit(self, line: bytes, verb: str, arg: str) -> None:
         self.relay_command(line, verb, arg)

@@ -5,8 +5,9 @@ done.  Clean: DATA goes to the server, the message follows with the X-P3Scan hea
 the footer, spec §7.5), and the server's final reply is relayed.  Infected: ``554
 <smtprset>``, the message is quarantined with its envelope, and the server's transaction is
 reset, so the client can go on with the next message.  Scan failure: ``scanerror``
-(``tempfail``: ``451 4.3.0``, nothing sent).  If the server goes away in the middle, the
-client gets a 4xx, never a 250.
+(``tempfail``: ``451 4.3.0``, nothing sent); a message that could not be checked
+completely: ``unchecked`` (by default ``reject``: ``554 5.7.0``).  If the server goes away
+in the middle, the client gets a 4xx, never a 250.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 from p3scan import PROGNAME, __version__, footer
 from p3scan.lines import PeerClosed, send_stuffed
 from p3scan.log import LOG
-from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict
+from p3scan.pipeline import CLEAN, INFECTED, Verdict, failure_policy
+from p3scan.scanning import QuarantineError
 from p3scan.spool import Intake, Spool
 
 if TYPE_CHECKING:
@@ -103,28 +105,32 @@ class Submission:
                 raise PeerClosed(self.client.name, "closed the connection during DATA")
             intake.feed(self.client.take())
         self.client.unread(intake.finish())
-        return Verdict(ERROR, reason=intake.problem) if intake.problem else None
+        return Verdict.spool_failed(intake.problem) if intake.problem else None
 
     # --- the answer -----------------------------------------------------------------------
 
     def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
         if verdict.status == CLEAN:
             self._relay(spool, self._clean_headers(), values)
-        elif verdict.status == INFECTED:
+            return
+        if verdict.status == INFECTED:
             self._refuse(spool, verdict, values, f"554 {self.cfg.smtprset}")
-        elif self.cfg.scanerror == "pass":
-            LOG.warning("Relaying SMTP message %s unscanned (scanerror = pass): %s",
-                        self.number, verdict.reason)
-            self._relay(spool, [self.scanning.unscanned_header(verdict.reason)], values)
-        elif self.cfg.scanerror == "reject":
-            failed = Verdict(ERROR, (f"not scanned: {verdict.reason}",), verdict.reason)
-            self._refuse(spool, failed, values, "554 5.7.0 p3scan: the message could not be "
-                                                "scanned")
+            return
+        policy = failure_policy(verdict, self.cfg, "SMTP")
+        if policy == "pass":
+            LOG.warning("Relaying SMTP message %s %s (%s = pass): %s", self.number,
+                        verdict.undone.replace("not ", "un"), verdict.option, verdict.reason)
+            self._relay(spool, [self.scanning.unscanned_header(verdict)], values)
+        elif policy == "reject":
+            failed = Verdict(verdict.status, (f"{verdict.undone}: {verdict.reason}",),
+                             verdict.reason)
+            self._refuse(spool, failed, values, f"554 5.7.0 p3scan: the message "
+                                                f"{verdict.failure}")
         else:
-            LOG.error("ERR: SMTP message %s refused for now, the scan failed: %s",
-                      self.number, verdict.reason)
+            LOG.error("ERR: SMTP message %s refused for now, %s: %s",
+                      self.number, verdict.cause, verdict.reason)
             self._reset_server()
-            self.client.write(f"451 4.3.0 p3scan: the message could not be scanned "
+            self.client.write(f"451 4.3.0 p3scan: the message {verdict.failure} "
                               f"({verdict.reason}); try again later\r\n"
                               .encode("utf-8", "replace"))
 
@@ -136,9 +142,12 @@ class Submission:
 
     def _refuse(self, spool: Spool, verdict: Verdict, values: dict[str, str | None],
                 reply: str) -> None:
-        self.scanning.quarantine(spool, values, verdict,
-                                 {"envelope": self.envelope.as_dict(),
-                                  "message_number": self.number})
+        try:
+            self.scanning.quarantine(spool, values, verdict,
+                                     {"envelope": self.envelope.as_dict(),
+                                      "message_number": self.number})
+        except QuarantineError as err:  # no copy kept: the client must try again
+            reply = f"451 4.3.0 p3scan: {verdict.text}; {err}; try again later"
         self.scanning.log_virus(values)
         LOG.warning("%s", reply)
         self._reset_server()
@@ -146,14 +155,14 @@ class Submission:
 
     def _reset_server(self) -> None:
         """The server saw MAIL and RCPT but no DATA: RSET, so that nothing stays pending."""
-        self.server.write(b"RSET\r\n")
+        self.session.forward(b"RSET\r\n")
         self.session.read_reply()
         self.envelope.reset()
 
     def _relay(self, spool: Spool, headers: list[bytes], values: dict[str, str | None]) -> None:
         """DATA to the server, then (on 354) the message; relay the server's verdict."""
-        self.server.write(b"DATA\r\n")
-        reply = self.session.read_reply()
+        self.session.forward(b"DATA\r\n")
+        reply = self.session.read_reply(intermediate=354)
         if not reply[0].startswith(b"354"):
             self.client.write(b"".join(reply))
             self.envelope.reset()
@@ -175,6 +184,7 @@ class Submission:
             final = self.session.read_reply()
         except (PeerClosed, OSError) as err:
             self.client.write(b"451 4.4.2 p3scan: the server went away during DATA\r\n")
+            self.session.answered = True
             raise PeerClosed(self.server.name, f"went away during DATA ({err})") from None
         self.session.info.bytes += size
         self.envelope.reset()

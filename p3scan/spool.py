@@ -4,6 +4,11 @@ The spool file holds the message exactly as the sender meant it (un-dot-stuffed,
 untouched).  While it is written, the spool notes where the header ends (the first empty
 line), so that X-headers can be inserted there without ever changing the message's
 structure, and keeps the header block (up to :data:`HEADER_CAP`) for the logs and templates.
+
+Free space (``bytesfree``) is checked before a message starts and at least every
+:data:`SPACE_CHECK_EVERY` bytes; a check that fails, or a write that fails (ENOSPC), makes
+the spool *incomplete*: it accepts no more data and refuses to hand out what it holds, so a
+truncated message can never pass for a whole one.
 """
 
 from __future__ import annotations
@@ -12,21 +17,27 @@ import email.errors
 import email.header
 import email.parser
 import email.policy
+import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import Message
 
 from p3scan.lines import DotDecoder
 from p3scan.log import LOG
 
 HEADER_CAP = 256 * 1024
-READ_CHUNK = 256 * 1024
-SPACE_CHECK_EVERY = 8 * 1024 * 1024
+READ_CHUNK = 256 * 1024  # reads, and the write buffer: large writes, bounded memory
+SPACE_CHECK_EVERY = 1024 * 1024  # bytesfree is re-checked this often: a cheap statvfs per MB
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class SpoolFull(Exception):
-    """Writing would leave less free space than ``bytesfree`` allows."""
+class SpoolError(OSError):
+    """The message could not be spooled whole; the spool holds only part of it."""
+
+
+class SpoolFull(SpoolError):
+    """Writing would leave less free space than ``bytesfree`` allows, or the disk is full."""
 
 
 def free_kbytes(path: str) -> int:
@@ -39,7 +50,9 @@ class Spool:
 
     def __init__(self, directory: str, *, min_free_kb: int = 0):
         fd, self.path = tempfile.mkstemp(prefix="p3scan.", suffix=".eml", dir=directory)
-        self.file = os.fdopen(fd, "wb", buffering=READ_CHUNK)
+        self.file = os.fdopen(fd, "wb", buffering=0)  # buffered here: a failed write is seen
+        self.pending = bytearray()
+        self.problem: str | None = None  # why the spool is incomplete
         self.directory = directory
         self.min_free_kb = min_free_kb
         self.size = 0
@@ -55,15 +68,44 @@ class Spool:
     # --- writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Append ``data``; a :class:`SpoolError` makes the spool incomplete for good."""
+        if self.problem is not None:
+            raise SpoolError(self.problem)
         if not data:
             return
+        if self.size + len(data) > self._next_space_check:
+            self.check_space()
         if self.header_end is None:
             self._scan_header(data)
-        if self.size >= self._next_space_check:
-            self._check_space()
-        self.file.write(data)
+        self.pending += data
         self.size += len(data)
         self.ends_line = data.endswith(b"\n")
+        if len(self.pending) >= READ_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered to the file."""
+        if self.problem is not None:
+            raise SpoolError(self.problem)
+        try:
+            done, fd = 0, self.file.fileno()
+            while done < len(self.pending):
+                done += os.write(fd, self.pending[done:] if done else self.pending)
+        except OSError as err:
+            self._fail(_write_error(err, self.directory))
+        self.pending.clear()
+
+    def check_space(self) -> None:
+        """Raise :class:`SpoolFull` (and become incomplete) below ``bytesfree``."""
+        self._next_space_check = self.size + SPACE_CHECK_EVERY
+        if self.min_free_kb and free_kbytes(self.directory) < self.min_free_kb:
+            self._fail(SpoolFull(f"spool full: less than {self.min_free_kb} KB free in "
+                                 f"{self.directory} (bytesfree)"))
+
+    def _fail(self, err: SpoolError) -> None:
+        self.problem = str(err)
+        self.pending.clear()
+        raise err
 
     def _scan_header(self, data: bytes) -> None:
         combined = self._tail + data
@@ -84,20 +126,21 @@ class Spool:
         if room > 0:
             self.header += data[:room]
 
-    def _check_space(self) -> None:
-        self._next_space_check = self.size + SPACE_CHECK_EVERY
-        if self.min_free_kb and free_kbytes(self.directory) < self.min_free_kb:
-            raise SpoolFull(f"less than {self.min_free_kb} KB free in {self.directory}")
-
     def close(self) -> None:
+        """Close the file; data that cannot be written raises (after closing)."""
         if not self.file.closed:
-            self.file.flush()
-            self.file.close()
+            try:
+                if self.problem is None:
+                    self.flush()
+            finally:
+                self.file.close()
 
     def sync(self) -> None:
-        """Flush the message to disk (before a quarantine copy counts as kept)."""
+        """Flush the message to disk (before a quarantine copy counts as kept); an
+        incomplete spool is kept as far as it got (its sidecar tells why)."""
         if not self.file.closed:
-            self.file.flush()
+            if self.problem is None:
+                self.flush()
             os.fsync(self.file.fileno())
             self.file.close()
         else:
@@ -108,7 +151,9 @@ class Spool:
                 os.close(fd)
 
     def remove(self) -> None:
-        self.close()
+        self.pending.clear()  # never raises: it runs in finally clauses
+        if not self.file.closed:
+            self.file.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -116,9 +161,16 @@ class Spool:
 
     # --- reading ----------------------------------------------------------------------------
 
+    def _must_be_complete(self) -> None:
+        if self.problem is not None:
+            raise SpoolError(f"the spooled message is incomplete ({self.problem})")
+
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The bytes from ``start`` to ``end`` in large pieces."""
-        end = self.size if end is None else end
+        self._must_be_complete()
+        return self._chunks(start, self.size if end is None else end)
+
+    def _chunks(self, start: int, end: int) -> Iterator[bytes]:
         with open(self.path, "rb") as handle:
             handle.seek(start)
             remaining = end - start
@@ -132,6 +184,7 @@ class Spool:
     def with_header(self, header: bytes) -> tuple[int, Iterator[bytes]]:
         """The message with ``header`` inserted where its header ends (nothing is inserted
         when it has no empty line, so its structure never changes): (size, chunks)."""
+        self._must_be_complete()
         if self.header_end is None:
             return self.size, self.chunks()
         extra = header + self.header_eol
@@ -141,6 +194,7 @@ class Spool:
     def wire_parts(self, header: bytes) -> tuple[int, list[bytes | tuple[int, int]]] | None:
         """For a message without dot lines the wire form is the file itself: the parts to
         send (file ranges and the inserted header) and the size, else None."""
+        self._must_be_complete()
         if not self.dotless:
             return None
         if self.header_end is None:
@@ -160,13 +214,16 @@ class Spool:
 class Intake:
     """Decode a dot-terminated block (a RETR reply, SMTP DATA) into a spool as it streams in.
 
-    Running out of space does not stop the reading, which must go on to the final ``.`` to
-    keep the protocol in step; the problem is remembered and turns into a scan failure."""
+    Free space is checked before the first byte.  Running out of space (below ``bytesfree``,
+    or a write failing with ENOSPC) does not stop the reading, which must go on to the final
+    ``.`` to keep the protocol in step; the problem is remembered (``problem``) and turns
+    into a scan failure, and the incomplete spool is never delivered."""
 
     def __init__(self, spool: Spool):
         self.spool = spool
         self.decoder = DotDecoder()
-        self.problem: str | None = None
+        self.problem: str | None = spool.problem
+        self._attempt(spool.check_space)
 
     @property
     def done(self) -> bool:
@@ -174,18 +231,34 @@ class Intake:
 
     def feed(self, data: bytes) -> None:
         decoded = self.decoder.feed(data)
-        if self.problem is None:
-            try:
-                self.spool.write(decoded)
-            except SpoolFull as err:
-                LOG.critical("ERR: Not enough space! %s", err)
-                self.problem = str(err)
+        self._attempt(lambda: self.spool.write(decoded))
 
     def finish(self) -> bytes:
         """What followed the block (to give back to the stream); notes whether the message
-        has dot lines (without them its file is its own wire form)."""
+        has dot lines (without them its file is its own wire form).  Everything buffered is
+        written now, so that a full disk is noticed here and not when the spool is read."""
+        self._attempt(self.spool.flush)
         self.spool.dotless = not self.decoder.unstuffed
         return self.decoder.leftover
+
+    def _attempt(self, action: Callable[[], None]) -> None:
+        if self.problem is not None:
+            return
+        try:
+            action()
+        except SpoolError as err:
+            if isinstance(err, SpoolFull):
+                LOG.critical("ERR: Not enough space! %s", err)
+            else:
+                LOG.error("ERR: %s", err)
+            self.problem = str(err)
+
+
+def _write_error(err: OSError, directory: str) -> SpoolError:
+    """A failed write as a SpoolError; a full disk (or quota) is a SpoolFull."""
+    if err.errno in FULL_ERRNOS:
+        return SpoolFull(f"spool full: {err.strerror} in {directory}")
+    return SpoolError(f"cannot write the spool file in {directory}: {err.strerror or err}")
 
 
 def header_text(headers: Message, name: str, limit: int = 256) -> str | None:

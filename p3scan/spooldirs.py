@@ -3,11 +3,13 @@
 
 Started as root, p3scan creates the missing ones, owned by ``user`` with mode 0700.
 Otherwise it only checks that they exist and are writable.  The original did neither and
-failed later, per connection (spec §1.1, §14.5).
+failed later, per connection (spec §1.1, §14.5).  Whether the PID file can be written is
+then tried for real by :func:`p3scan.pidfile.check_writable`, which can say why not.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Any
@@ -37,7 +39,12 @@ def prepare(cfg: Any, account: Account, *, as_root: bool) -> list[str]:
     """Create (as root) or check the directories; return notices of what was created."""
     created: list[str] = []
     problems: list[str] = []
+    failed: list[str] = []
     for path, option in needed(cfg):
+        if option == "pidfile" and not (as_root and not os.path.lexists(path)):
+            continue  # pidfile.check_writable tells what is wrong, with the errno
+        if any(path.startswith(bad + os.sep) for bad in failed):
+            continue  # its parent could not be created: said once
         if os.path.isdir(path):
             usable = writable_by(path, account) if as_root else os.access(path, os.W_OK | os.X_OK)
             if not usable:
@@ -49,7 +56,12 @@ def prepare(cfg: Any, account: Account, *, as_root: bool) -> list[str]:
             problems.append(f"{path} (from {option}) does not exist; create it, "
                             f"writable by {account.name}, or start p3scan as root")
         else:
-            _create(path, account)
+            try:
+                _create(path, account)
+            except OSError as err:  # a parent is a file, a read-only file system, ...
+                problems.append(f"cannot create {path} (from {option}): {err.strerror}")
+                failed.append(path)
+                continue
             created.append(f"Created directory {path} (owner {account.name}, mode 0700)")
     if problems:
         raise DirectoryProblem(problems)
@@ -71,6 +83,8 @@ def writable_by(path: str, account: Account) -> bool:
 def _create(path: str, account: Account) -> None:
     """Create ``path`` (0700) and any missing parents (0755), all owned by ``account``."""
     parent = os.path.dirname(path)
+    if parent and os.path.lexists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent)
     if parent and not os.path.isdir(parent):
         _create(parent, account)
         os.chmod(parent, 0o755)

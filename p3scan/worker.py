@@ -3,6 +3,10 @@
 It tells the master through a pipe when it is ready, busy and idle (one byte each), stops
 accepting on SIGTERM but finishes the session in hand, exits when the master has gone, and
 retires after about ``maxsessions`` sessions so that any slow leak stays bounded.
+
+Nothing of a session outlives it: before the next connection is accepted, a scan that an
+aborted session left running is waited for (it ends at its scan deadline) and the work
+directory ``virusdir/children/<pid>`` is emptied.
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ import select
 import shutil
 import signal
 import socket
+import threading
+import time
 from typing import Any
 
 from p3scan import connection, spooldirs
 from p3scan.log import LOG
+from p3scan.pipeline import SCAN_THREAD
 from p3scan.scanning import Scanning
 
 BOOT_ERROR = 3
 READY, BUSY, IDLE = b"R", b"B", b"I"
+FAILED = b"F"  # then the reason, UTF-8; the worker exits with BOOT_ERROR
 ACCEPT_POLL = 1.0
+SCAN_GRACE = 5.0  # a scan thread stops at its deadline; this long more to clean up after it
 
 
 class Worker:
@@ -47,6 +56,7 @@ class Worker:
             self.boot()
         except Exception as err:
             LOG.critical("Worker %d failed to boot: %s", os.getpid(), err)
+            self._status(FAILED + str(err).encode("utf-8", "replace")[:400])
             return BOOT_ERROR
         self._status(READY)
         try:
@@ -80,11 +90,33 @@ class Worker:
                 LOG.exception("Unexpected error in a session")
             finally:
                 conn.close()
-                self.scanning.clear()
+                self._clear_workdir()
                 self._status(IDLE)
                 served += 1
         if limit and served >= limit:
             LOG.debug("Worker %d retires after %d sessions", os.getpid(), served)
+
+    def _clear_workdir(self) -> None:
+        """Leave nothing of the last session (spool files, demime directories) for the next."""
+        self._wait_for_threads()
+        try:
+            if os.path.isdir(self.workdir):
+                self.scanning.clear()
+            else:  # removed under us: the next session needs it
+                os.mkdir(self.workdir, 0o700)
+        except OSError as err:
+            LOG.error("ERR: cannot empty the work directory %s: %s", self.workdir, err)
+
+    def _wait_for_threads(self) -> None:
+        """A session that ended early (a peer went away) may have left its scan running in
+        a thread, which would still write into the work directory: wait until it ended."""
+        limit = time.monotonic() + self.cfg.scantimeout + SCAN_GRACE
+        for thread in threading.enumerate():
+            if thread.name != SCAN_THREAD or not thread.is_alive():
+                continue  # a resolver thread, for one, touches no files
+            thread.join(max(0.0, limit - time.monotonic()))
+            if thread.is_alive():
+                LOG.error("ERR: thread %s of the last session is still running", thread.name)
 
     def _accept(self) -> socket.socket | None:
         try:

@@ -1,14 +1,15 @@
 #!/bin/sh
 # Install the Debian packages that the integration tests run for real: Dovecot (POP3),
-# ClamAV (clamd, sigtool, test files), Exim (MTA), fetchmail, swaks, msmtp, curl, iptables,
+# ClamAV (clamd, sigtool, test files), Exim (MTA), fetchmail, mutt (with script(1) from
+# bsdutils), swaks, msmtp, curl, iptables,
 # procps (sysctl, pgrep), util-linux (unshare, nsenter),
 # iproute2 (network namespaces) and man (to check the man pages).
 # Does nothing when everything is installed already, or when not root (then it says so).
 set -eu
 
 PACKAGES="dovecot-core dovecot-pop3d clamav clamav-daemon clamdscan clamav-testfiles
-exim4-daemon-light fetchmail swaks msmtp curl iptables iproute2 procps util-linux man-db
-groff-base"
+exim4-daemon-light fetchmail mutt bsdutils swaks msmtp curl iptables iproute2 procps
+util-linux man-db groff-base"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -10,13 +10,21 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import time
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
+from p3scan.scanners.base import (
+    DaemonReply,
+    ScanContext,
+    Scanner,
+    ScannerError,
+    ScanResult,
+    connect,
+)
 
 DEFAULT = "127.0.0.1:3310"
 CHUNK = 64 * 1024
-MAX_REPLY = 8192
+MAX_REPLY = 8192  # clamd answers one line: a status and perhaps a virus name
 FOUND = re.compile(r"^stream: (.+) FOUND$")
 
 
@@ -47,7 +55,7 @@ class Clamd(Scanner):
     def _command(self, command: bytes, timeout: float = 5.0) -> str:
         with self._connect(timeout) as sock:
             sock.sendall(command)
-            return _reply(sock)
+            return _reply(sock, self.spec, time.monotonic() + timeout)
 
     def check(self) -> str | None:
         try:
@@ -69,7 +77,7 @@ class Clamd(Scanner):
                     _instream(source, sock, ctx)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # clamd stopped reading (size limit); its reply says why
-                reply = _reply(sock)
+                reply = _reply(sock, self.spec, ctx.deadline)
         except TimeoutError:
             return ScanResult.failed(f"clamd at {self.spec} timed out")
         except OSError as err:
@@ -102,11 +110,7 @@ def interpret(reply: str) -> ScanResult:
     return ScanResult.failed(f"clamd replied {reply!r}")
 
 
-def _reply(sock: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\0") and len(data) < MAX_REPLY:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+def _reply(sock: socket.socket, spec: str, deadline: float) -> str:
+    """One NUL-terminated reply (or what came before clamd closed), bounded."""
+    data = DaemonReply(sock, f"clamd at {spec}", deadline, MAX_REPLY).until(b"\0")
     return data.rstrip(b"\0\n").decode("utf-8", "replace")

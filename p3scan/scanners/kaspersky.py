@@ -14,23 +14,22 @@ import struct
 import time
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
+from p3scan.scanners.base import (
+    DaemonReply,
+    ScanContext,
+    Scanner,
+    ScannerError,
+    ScanResult,
+    connect,
+)
 
 DEFAULT_DIR = "/var/run"
 INFECTED_CODES = {3, 4, 5, 6}  # suspicious, known virus, disinfected, deleted
 CODE_TEXT = {1: "scan was not complete", 2: "warning", 7: "AvpScanner is corrupted",
              8: "corrupted objects were found", 15: "the daemon wants to disinfect"}
-MAX_TEXT = 64 * 1024
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ScannerError("the daemon closed the connection in the middle of a reply")
-        data += chunk
-    return data
+MAX_TEXT = 64 * 1024  # a report line or text names a file and its viruses; more is kept out
+AVP4_MAX_REPLY = MAX_TEXT + 10  # code, flags, info, length and the (cut) text
+KAV5_MAX_REPLY = 1024 * 1024  # a status line per scanned object; no mail has that many
 
 
 def _connect(path: str, ctx: ScanContext) -> socket.socket:
@@ -53,14 +52,15 @@ def scan_avp4(socket_path: str, target: str, ctx: ScanContext) -> ScanResult:
     stamp = time.ctime()[4:19].encode()
     with _connect(socket_path, ctx) as sock:
         sock.sendall(b"<0>" + stamp + b":" + os.fsencode(target) + b"\0")
-        head = _recv_exact(sock, 2)
+        reply = DaemonReply(sock, f"AvpCtl at {socket_path}", ctx.deadline, AVP4_MAX_REPLY)
+        head = reply.exact(2)
         code, flags = head[0] - ord("0"), head[1]
         if flags & 0x02:
-            _recv_exact(sock, 4)
+            reply.exact(4)
         text = ""
         if flags & 0x01:
-            length = struct.unpack("<I", _recv_exact(sock, 4))[0]
-            text = _recv_exact(sock, min(length, MAX_TEXT)).decode("latin-1").rstrip("\0")
+            length = struct.unpack("<I", reply.exact(4))[0]
+            text = reply.exact(min(length, MAX_TEXT)).decode("latin-1").rstrip("\0")
     if code in INFECTED_CODES:
         return ScanResult.virus([virus_name(text, target)] if text.strip() else [])
     if code == 0:
@@ -78,17 +78,14 @@ def scan_kav5(socket_path: str, target: str, ctx: ScanContext) -> ScanResult:
             pass
         sock.settimeout(ctx.remaining())
         sock.sendall(b"SCAN xmQPRSTUWabcdefghi " + os.fsencode(target) + b"\r\n\0")
-        buffer = b""
+        reply = DaemonReply(sock, f"aveserver at {socket_path}", ctx.deadline, KAV5_MAX_REPLY)
         while True:
-            while b"\r\n" not in buffer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ScannerError("aveserver closed the connection without a result")
-                buffer += chunk
-                if len(buffer) > MAX_TEXT:
-                    raise ScannerError("aveserver sent an overlong reply")
-            line, buffer = buffer.split(b"\r\n", 1)
-            text = line.decode("latin-1")
+            line = reply.until(b"\r\n")
+            if not line.endswith(b"\r\n"):
+                raise ScannerError("aveserver closed the connection without a result")
+            if len(line) > MAX_TEXT:
+                raise ScannerError("aveserver sent an overlong reply line")
+            text = line[:-2].decode("latin-1")
             if len(text) > 2 and text[2] == "2":
                 return ScanResult.virus([text[4:].strip()])
             if text[3:4] == " ":

@@ -10,9 +10,17 @@ import os
 import socket
 from typing import Any
 
-from p3scan.scanners.base import ScanContext, Scanner, ScannerError, ScanResult, connect
+from p3scan.scanners.base import (
+    DaemonReply,
+    ScanContext,
+    Scanner,
+    ScannerError,
+    ScanResult,
+    connect,
+)
 
 DEFAULT_SOCKET = "/var/run/trophie"
+MAX_REPLY = 512  # one line: a code and perhaps a virus name
 
 
 class Trophie(Scanner):
@@ -27,15 +35,11 @@ class Trophie(Scanner):
         return None if os.path.exists(self.socket) else f"{self.socket} does not exist"
 
     def scan(self, target: str, ctx: ScanContext) -> ScanResult:
-        sock = connect(socket.AF_UNIX, self.socket, ctx.remaining(), f"trophie at {self.socket}")
+        label = f"trophie at {self.socket}"
+        sock = connect(socket.AF_UNIX, self.socket, ctx.remaining(), label)
         try:
             sock.sendall(os.fsencode(target) + b"\n")
-            reply = b""
-            while b"\n" not in reply and len(reply) < 512:
-                chunk = sock.recv(512)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = DaemonReply(sock, label, ctx.deadline, MAX_REPLY).until(b"\n")
         except OSError as err:
             raise ScannerError(f"trophie at {self.socket}: {err.strerror or err}") from None
         finally:

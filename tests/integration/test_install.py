@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from p3scan import config
 from tests.support.fakes import simple_pop3
 from tests.support.p3scan_proc import config_text
 from tests.support.procs import REPO, free_port, require_program, require_root, wait_until
@@ -150,6 +151,58 @@ def test_init_script_starts_reports_reloads_and_stops(installed, scratch):
         other.close()
 
 
+def test_init_script_stop_and_status_work_when_the_config_became_invalid(installed, scratch):
+    upstream = simple_pop3(greeting=b"+OK upstream\r\n")
+    conf = installed / "etc/p3scan/broken.conf"
+    pidfile = installed / "var/run/p3scan/p3scan.pid"
+    valid = config_text({
+        "ip": "127.0.0.1", "port": free_port(), "targetip": "127.0.0.1",
+        "targetport": upstream.port, "scannertype": "eicar", "maxchilds": 1, "bytesfree": 0,
+        "pidfile": pidfile, "virusdir": installed / "var/spool/p3scan",
+        "notifydir": installed / "var/spool/p3scan/notify",
+        "template": installed / "etc/p3scan/p3scan.mail", "syslogsocket": scratch / "no-syslog",
+    })
+    conf.write_text(valid)
+    # the fallback PID file, overridden so that the test never looks into the real /var
+    env = {**os.environ, "P3SCAN": str(installed / "usr/sbin/p3scan"),
+           "P3SCAN_CONFIG": str(conf), "P3SCAN_PIDFILE": str(pidfile)}
+    script = installed / "etc/init.d/p3scan"
+    notice = (f"p3scan: the configuration {conf} is not valid (p3scan --check-config says "
+              f"why); using the default PID file {pidfile}")
+    try:
+        assert init(script, "start", env).returncode == 0
+        pid = pidfile.read_text().strip()
+        conf.write_text(valid + "maxchilds = lots\n")
+        status = init(script, "status", env)
+        assert (status.returncode, status.stdout, status.stderr) == (
+            0, f"p3scan is running (pid {pid})\n", notice + "\n")
+        for action in ("start", "restart", "reload"):
+            refused = init(script, action, env)
+            assert refused.returncode == 6, refused
+            assert refused.stdout == "p3scan: the configuration is not valid:\n"
+            assert "maxchilds = lots: expected a whole number" in refused.stderr
+        assert pidfile.read_text().strip() == pid  # restart did not stop it
+        stopped = init(script, "stop", env)
+        assert (stopped.returncode, stopped.stdout, stopped.stderr) == (
+            0, "Stopping p3scan: ok\n", notice + "\n")
+        assert not pidfile.exists()
+        rc = subprocess.run(["sh", str(installed / "etc/rc.d/rc.p3scan"), "status"],
+                            env={**env, "P3SCAN_INIT": str(script)}, capture_output=True,
+                            text=True, timeout=30)
+        assert (rc.returncode, rc.stdout, rc.stderr) == (3, "p3scan is not running\n",
+                                                         notice + "\n")
+    finally:
+        conf.write_text(valid)
+        init(script, "stop", env)
+        upstream.close()
+
+
+def test_init_script_fallback_is_p3scans_default_pidfile():
+    default = next(opt.default for opt in config.OPTIONS if opt.key == "pidfile")
+    text = (REPO / "init.d/p3scan").read_text()
+    assert f"P3SCAN_PIDFILE=${{P3SCAN_PIDFILE:-{default}}}" in text
+
+
 def _wait_greeting(port: int, expected: bytes) -> None:
     def current() -> bool:
         try:
@@ -158,6 +211,42 @@ def _wait_greeting(port: int, expected: bytes) -> None:
             return False
 
     wait_until(current, 15, f"greeting {expected!r} after reload")
+
+
+def local_config(base: Path) -> Path:
+    """conf/p3scan-local.conf, moved to ``base``/conf: its ../.run is ``base``/.run."""
+    text = (REPO / "conf/p3scan-local.conf").read_text()
+    text = text.replace("port = 8110", f"port = {free_port()}").replace(
+        "template = ../templates/", f"template = {REPO}/templates/")
+    conf = base / "conf" / "p3scan-local.conf"
+    conf.parent.mkdir()
+    conf.write_text(text + f"syslogsocket = {base}/no-syslog\n")
+    return conf
+
+
+PID_PROBLEMS = {
+    "not writable by nobody": ("mkdir -m 755 .run", "Permission denied"),
+    "read-only": ("mkdir .run && chown nobody .run && mount --bind -o ro .run .run",
+                  "Read-only file system"),
+    "a file in the way": ("touch .run", "Not a directory"),
+}
+
+
+@pytest.mark.parametrize("problem", PID_PROBLEMS)
+def test_make_run_says_why_it_cannot_write_its_pid_file(scratch, problem):
+    require_root("make run changing to nobody; a read-only bind mount")
+    conf = local_config(scratch)
+    setup, reason = PID_PROBLEMS[problem]
+    make_run = f"make -C {REPO} -o .venv/.installed run RUNCONF={conf}"  # no venv rebuild
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             f"cd {scratch} && {setup} && exec {make_run}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "PID file" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(f"]: ERR: cannot write the PID file {scratch}/.run/"
+                              f"p3scan.pid: {reason}"), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("page", ["man/p3scan.8", "man/p3scan.conf.5"])

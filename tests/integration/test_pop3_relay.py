@@ -38,12 +38,14 @@ def test_useurl_mode_is_byte_exact_after_the_greeting(dovecot, p3scan):
     commands = [(f"USER {user}".encode(), False), (f"PASS {PASSWORD}".encode(), False),
                 (b"CAPA", True)] + pt.mailbox_commands()
     direct = pt.transcript("127.0.0.1", dovecot.port, commands)
-    daemon = p3scan(useurl=True, enabletop=True).start()
+    daemon = p3scan(useurl=True, useurlports=dovecot.port).start()
     target = f"USER {user}#127.0.0.1:{dovecot.port}".encode()
     proxied = pt.transcript("127.0.0.1", daemon.port,
-                            [(b"CAPA", False), (target, False),
+                            [(b"STAT", False), (b"CAPA", True), (target, False),
                              (f"PASS {PASSWORD}".encode(), False), (b"CAPA", True)]
                             + pt.mailbox_commands())
     assert proxied[0] == b"+OK\r\n"
     assert proxied[1] == b"-ERR Not Identified\r\n"
-    assert proxied[2:] == pt.through_proxy(direct[1:], commands, HEADER, greeting=False)
+    assert proxied[2] == (b"+OK Capability list follows\r\nUSER\r\nTOP\r\nUIDL\r\n"
+                          b"RESP-CODES\r\nPIPELINING\r\n.\r\n")  # ours, before USER
+    assert proxied[3:] == pt.through_proxy(direct[1:], commands, HEADER, greeting=False)

@@ -201,7 +201,7 @@ def _read_block(reader) -> bytes:
 
 def test_capa_hides_stls_and_top_without_enabletop(dovecot, clamd, p3scan):
     daemon = p3scan(targetip="127.0.0.1", targetport=dovecot.port, scannertype="clamd",
-                    scanner=str(clamd.socket)).start()
+                    scanner=str(clamd.socket), enabletop="no").start()
     user = dovecot.mailbox([message("x", EICAR + b"\r\n")])
     replies = pt.transcript("127.0.0.1", daemon.port, pt.login_commands(user, PASSWORD) + [
         (b"TOP 1 0", True), (b"RETR 1", True)])

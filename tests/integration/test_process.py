@@ -165,7 +165,7 @@ def test_a_second_instance_refuses_to_start(dovecot, p3scan):
     assert first.pidfile.read_text().strip() == str(first.proc.pid)
 
 
-def test_a_worker_that_cannot_boot_stops_the_daemon(dovecot, p3scan, scratch):
+def test_a_worker_that_cannot_boot_at_start_up_stops_the_daemon(dovecot, p3scan, scratch):
     require_root("a spool directory that user nobody cannot reach")
     locked = scratch / "locked"
     locked.mkdir(mode=0o700)
@@ -177,6 +177,32 @@ def test_a_worker_that_cannot_boot_stops_the_daemon(dovecot, p3scan, scratch):
     assert "failed to boot" in log and "Permission denied" in log
     assert "stopping p3scan" in log
     assert log.count("failed to boot:") <= 3  # no crash loop
+
+
+def test_a_worker_that_cannot_boot_later_backs_off_and_recovers(dovecot, p3scan):
+    daemon = p3scan(targetip="127.0.0.1", targetport=dovecot.port, maxchilds=2).start()
+    children = daemon.workdir / "spool" / "children"
+    os.chmod(children, 0o500)  # user nobody can no longer create a worker's directory
+    victim, survivor = daemon.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    log = daemon.wait_log(r"1 of 2 workers are missing: a new worker failed to boot "
+                          r"\(\[Errno 13\] Permission denied: '[^']*children/\d+'\)")
+    assert "next attempt in 1s" in log
+    daemon.wait_log(r"failed to boot:", count=2)  # tried again, after a pause
+    assert daemon.proc.poll() is None and "stopping p3scan" not in daemon.log()
+    assert daemon.worker_pids() == [survivor]
+    user = dovecot.mailbox(standard_mailbox())
+    pop = poplib.POP3("127.0.0.1", daemon.port, timeout=20)
+    pop.user(user)
+    pop.pass_(PASSWORD)
+    assert b"Subject: first" in pop.retr(1)[1]
+    pop.quit()
+    os.chmod(children, 0o700)
+    daemon.wait_log("Workers boot again after [23] failed attempts", timeout=15)
+    wait_until(lambda: len(daemon.worker_pids()) == 2, 10, "the missing worker")
+    failures = daemon.log().count("failed to boot:")
+    assert 2 <= failures <= 3, daemon.log()  # 1 s, then 2 s apart: no crash loop
+    assert daemon.log().count("workers are missing") == 1  # the summary is rate-limited
 
 
 def test_workers_exit_when_the_master_dies(dovecot, p3scan):

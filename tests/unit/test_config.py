@@ -18,6 +18,7 @@ SAMPLES = {
     "port": ("2525", 2525),
     "ipaddr": ("10.1.2.3", "10.1.2.3"),
     "codes": ("2, 3 4", [2, 3, 4]),
+    "ports": ("pop3, 1110 pop3s", [110, 1110, 995]),
     "text": ('"quoted", with # and ,', '"quoted", with # and ,'),
     "path": ("/srv/p3scan/thing", "/srv/p3scan/thing"),
     "command": ("/bin/echo 'a b' c", "/bin/echo 'a b' c"),

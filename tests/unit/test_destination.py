@@ -22,6 +22,9 @@ def cfg():
     ("we#ird#host:995", ("we#ird", "host", 995)),
     ("bob#[2001:db8::1]:110", ("bob", "2001:db8::1", 110)),
     ("bob#2001:db8::1", ("bob", "2001:db8::1", 110)),
+    ("bob#[2001:DB8:0::1]:", ("bob", "2001:db8::1", 110)),
+    ("bob#pop.example.org.:995", ("bob", "pop.example.org.", 995)),
+    ("bob#_srv-1.x-y.example:110", ("bob", "_srv-1.x-y.example", 110)),
 ])
 def test_useurl_arguments(argument, expected):
     assert parse_useurl(argument) == expected
@@ -39,8 +42,9 @@ def test_protocol_by_destination_port(cfg):
     assert destination.protocol_for(995, cfg) == "POP3S"
     assert destination.protocol_for(110, cfg) == "POP3"
     assert destination.protocol_for(143, cfg) == "POP3"
-    assert destination.useurl_route("a#h:995", cfg).protocol == "POP3S"
-    assert destination.useurl_route("a#h:25", cfg).protocol == "POP3"  # USER is POP3 only
+    assert destination.useurl_route("a#192.0.2.7:995", cfg).protocol == "POP3S"
+    smtp_too = cfg.replace(useurlports=[25])
+    assert destination.useurl_route("a#192.0.2.7:25", smtp_too).protocol == "POP3"  # POP3 only
 
 
 def test_fixed_target_route(cfg):
@@ -80,6 +84,10 @@ def test_connect_failure_is_an_upstream_error():
     route = destination.Route("POP3", "127.0.0.1", number, "target")
     with pytest.raises(destination.UpstreamError, match=r"cannot connect to 127\.0\.0\.1"):
         destination.connect(route, 2)
+    resolved = destination.Route("POP3", "pop.example", number, "useurl", "a",
+                                 ("127.0.0.1", "::1"))
+    with pytest.raises(destination.UpstreamError, match=r"cannot connect to pop\.example:"):
+        destination.connect(resolved, 2)  # every address tried, the name in the message
 
 
 def test_without_root_directories_are_checked_not_created(tmp_path):

@@ -25,7 +25,7 @@ import pytest
 
 from p3scan import mimesplit, scanners
 from p3scan.config import ConfigError, load
-from p3scan.pipeline import ERROR, INFECTED, Job, Verdict, VirusStep
+from p3scan.pipeline import ERROR, INFECTED, UNCHECKED, Job, Verdict, VirusStep
 from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
 from p3scan.scanners.base import NO_NAME
 from p3scan.scanners.clamd import parse_address
@@ -675,7 +675,8 @@ def test_demime_dirscan_scanner_gets_the_directory_once(tmp_path):
     assert verdict(scanner, mail, tmp_path, demime=True) is None
     [directory] = calls.read_text().splitlines()
     assert directory.endswith(".eml.dir")
-    assert record.read_text().split() == ["000-textfile", "001-a.bin", "002-b.bin"]
+    # the parts, and the message itself (for a scanner that knows MIME better)
+    assert record.read_text().split() == ["000-textfile", "001-a.bin", "002-b.bin", "message"]
     assert not os.path.exists(directory)
     assert sorted(os.listdir(tmp_path)) == ["calls", "scanner.sh", "seen"]
 
@@ -691,12 +692,14 @@ def test_demime_other_scanners_get_every_part(sockdir, tmp_path):
     with FakeTrophie(str(sockdir / "trophie"), reply) as fake:
         assert verdict(make("trophie", scanner=fake.address), mail, tmp_path,
                        demime=True) is None
-    paths = [os.fsdecode(request.rstrip(b"\n")) for request in fake.requests]
+    *paths, message = [os.fsdecode(request.rstrip(b"\n")) for request in fake.requests]
     assert [os.path.basename(path) for path in paths] == ["000-textfile", "001-a.bin",
                                                           "002-b.bin"]
     assert len({os.path.dirname(path) for path in paths}) == 1
     assert paths[0].startswith(str(tmp_path)) and ".eml.dir/" in paths[0]
-    assert contents == [b"see the attachments\r\n\r\n", b"one", b"two"]
+    assert contents[:3] == [b"see the attachments\r\n\r\n", b"one", b"two"]
+    assert message + ".dir" == os.path.dirname(paths[0])  # and the message as it is
+    assert contents[3] == mail
     assert not os.path.exists(os.path.dirname(paths[0]))
 
 
@@ -746,11 +749,11 @@ def test_demime_duplicate_names_are_both_scanned(sockdir, tmp_path, kind):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".dir")]
 
 
-def test_demime_split_error_is_an_error_verdict(tmp_path, monkeypatch):
+def test_demime_split_beyond_the_limits_is_an_unchecked_verdict(tmp_path, monkeypatch):
     monkeypatch.setattr(mimesplit, "MAX_PARTS", 2)
     mail = attachments(("a", b"1"), ("b", b"2"))
     result = verdict(make("eicar"), mail, tmp_path, demime=True)
-    assert result.status == ERROR
+    assert result.status == UNCHECKED
     assert "more than 2 MIME parts" in result.reason
     assert os.listdir(tmp_path) == []
 
