@@ -10,37 +10,29 @@ import os
 import socket
 from typing import Any
 
-from p3scan import tls
+from p3scan import pop3, smtp, tls
 from p3scan.destination import (
     NoDestination,
     Route,
     UpstreamError,
     connect,
     format_address,
-    is_transparent,
-    target_route,
-    transparent_route,
+    route_for,
     unmap,
 )
-from p3scan.lines import Stream, StreamError
 from p3scan.log import LOG
-from p3scan.pop3 import Pop3Session, useurl_handshake
+from p3scan.protocols import BY_NAME, POP3, TlsMode
 from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
-from p3scan.smtp import SmtpSession
+from p3scan.stream import Stream, StreamError
 
 SESSIONS: dict[str, type[Session]] = {
-    "POP3": Pop3Session,
-    "POP3S": Pop3Session,
-    "SMTP": SmtpSession,
-}
+    cls.protocol: cls for cls in (pop3.Pop3Session, smtp.SmtpSession)}  # by their own names
 
 
 def error_reply(protocol: str, text: str) -> bytes:
     """A temporary-failure reply in the client's protocol."""
-    if protocol == "SMTP":
-        return f"421 4.4.1 p3scan: {text}\r\n".encode()
-    return f"-ERR [SYS/TEMP] p3scan: {text}\r\n".encode()
+    return BY_NAME[protocol].failure_reply(text)
 
 
 def free_kbytes(path: str) -> int:
@@ -57,7 +49,7 @@ def serve(conn: socket.socket, cfg: Any, scanning: Scanning) -> SessionInfo | No
         route = _route(conn, client, cfg)
         if route is None:
             return None
-        LOG.info("%s Connection from %s", route.protocol, format_address(unmap(peer[0]), peer[1]))
+        LOG.info("%s Connection from %s", route.label, format_address(unmap(peer[0]), peer[1]))
         LOG.info("Real-server address is %s%s", route.address, _resolved(route))
         if not _enough_space(client, route, cfg):
             return None
@@ -88,15 +80,15 @@ def _resolved(route: Route) -> str:
 
 
 def _route(conn: socket.socket, client: Stream, cfg: Any) -> Route | None:
+    """Where the connection goes: named by the client (POP3's useurl, which asks for it in
+    its own dialogue), else by netfilter or ``targetip``."""
     try:
         if cfg.useurl:
-            return useurl_handshake(client, cfg)
-        if is_transparent(cfg):
-            return transparent_route(conn, cfg)
-        return target_route(cfg)
-    except NoDestination as err:
+            return pop3.client_route(client, cfg)
+        return route_for(conn, cfg)
+    except NoDestination as err:  # no protocol is known yet: answer as POP3, as 2.3.2 did
         LOG.critical("ERR: %s", err)
-        client.write(error_reply("POP3", str(err)))
+        client.write(POP3.failure_reply(str(err)))
         return None
 
 
@@ -114,7 +106,7 @@ def _enough_space(client: Stream, route: Route, cfg: Any) -> bool:
 def _connect(client: Stream, route: Route, cfg: Any) -> Stream | None:
     try:
         sock = connect(route, cfg.connecttimeout)
-        if route.protocol == "POP3S":
+        if route.server_tls is TlsMode.IMPLICIT:
             sock = tls.wrap_upstream(sock, route, cfg)
     except UpstreamError as err:
         LOG.critical("ERR: Cannot connect to real-server: %s (%s)", route.address, err.reason)

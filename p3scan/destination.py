@@ -4,7 +4,8 @@ Transparent mode asks netfilter for the connection's original destination
 (``SO_ORIGINAL_DST``, or ``IP6T_SO_ORIGINAL_DST`` for IPv6 peers; a v4-mapped peer on a
 dual-stack socket needs the IPv4 call).  A connection that was not redirected either has no
 conntrack entry (ENOENT) or reports our own listening address; both are refused, which is
-also the loop guard.  The protocol follows from the destination port.
+also the loop guard.  The protocol follows from the destination port
+(:func:`p3scan.protocols.spot`).
 
 useurl mode takes the server from the client's ``USER name#host:port``, so it is a connect
 request from an untrusted client: the host must be well-formed, the port in
@@ -24,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from p3scan.protocols import POP3, TlsMode, spot
+
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
 DEFAULT_POP3_PORT = 110
@@ -37,18 +40,26 @@ getaddrinfo = socket.getaddrinfo  # the resolver; tests replace it
 
 @dataclass(frozen=True)
 class Route:
-    """The upstream server of one session and the protocol spoken with it."""
+    """The upstream server of one session, the protocol spoken, and how each leg runs."""
 
-    protocol: str  # "POP3", "POP3S" or "SMTP"
+    protocol: str  # "POP3" or "SMTP" (a name in p3scan.protocols)
     host: str
     port: int
     mode: str  # "transparent", "target" or "useurl"
     user: str | None = None  # useurl: the user name to log in with
     addresses: tuple[str, ...] = ()  # useurl: what ``host`` resolved to; connect to these
+    client_tls: TlsMode = TlsMode.NONE  # between the client and p3scan
+    server_tls: TlsMode = TlsMode.NONE  # between p3scan and the server
 
     @property
     def address(self) -> str:
         return format_address(self.host, self.port)
+
+    @property
+    def label(self) -> str:
+        """The name logs, templates and the quarantine have always shown: ``POP3S`` when
+        the server leg is implicit TLS (``sslport``), else the protocol's name."""
+        return self.protocol + "S" if self.server_tls is TlsMode.IMPLICIT else self.protocol
 
 
 class NoDestination(Exception):
@@ -76,13 +87,10 @@ def unmap(host: str) -> str:
     return str(mapped) if mapped else host
 
 
-def protocol_for(port: int, cfg: Any) -> str:
-    """SMTP on ``emailport``, POP3S on ``sslport``, POP3 on anything else."""
-    if port == cfg.emailport:
-        return "SMTP"
-    if port == cfg.sslport:
-        return "POP3S"
-    return "POP3"
+def port_route(host: str, port: int, mode: str, cfg: Any) -> Route:
+    """A route whose protocol and server-side TLS follow from the server's port."""
+    protocol, server_tls = spot(port, cfg)
+    return Route(protocol.name, host, port, mode, server_tls=server_tls)
 
 
 def original_destination(conn: socket.socket) -> tuple[str, int] | None:
@@ -110,17 +118,21 @@ def transparent_route(conn: socket.socket, cfg: Any) -> Route:
         raise NoDestination("connection was not redirected (no original destination)")
     if (unmap(original[0]), original[1]) == (unmap(local[0]), local[1]):
         raise NoDestination("original destination is p3scan itself, that would loop")
-    host, port = unmap(original[0]), original[1]
-    return Route(protocol_for(port, cfg), host, port, "transparent")
+    return port_route(unmap(original[0]), original[1], "transparent", cfg)
 
 
 def target_route(cfg: Any) -> Route:
     """The fixed ``targetip:targetport`` route."""
-    return Route(protocol_for(cfg.targetport, cfg), cfg.targetip, cfg.targetport, "target")
+    return port_route(cfg.targetip, cfg.targetport, "target", cfg)
 
 
 def is_transparent(cfg: Any) -> bool:
     return not cfg.useurl and cfg.targetip in ("0.0.0.0", "::")
+
+
+def route_for(conn: socket.socket, cfg: Any) -> Route:
+    """The route of a connection whose client does not name its server (not useurl)."""
+    return transparent_route(conn, cfg) if is_transparent(cfg) else target_route(cfg)
 
 
 def parse_useurl(argument: str) -> tuple[str, str, int]:
@@ -279,7 +291,8 @@ def check_not_self(host: str, addresses: tuple[str, ...], port: int, cfg: Any) -
 
 
 def useurl_route(argument: str, cfg: Any) -> Route:
-    """Route for a useurl USER argument; POP3S if the port is ``sslport``, else POP3.
+    """Route for a useurl USER argument: POP3, with implicit TLS to the server if the
+    port is ``sslport``.
 
     Only ports in ``useurlports`` are allowed, never p3scan itself, and the host is
     resolved here, once, within ``connecttimeout``.
@@ -291,8 +304,8 @@ def useurl_route(argument: str, cfg: Any) -> Route:
                             f"{allowed})")
     addresses = resolve(host, port, cfg.connecttimeout)
     check_not_self(host, addresses, port, cfg)
-    protocol = "POP3S" if port == cfg.sslport else "POP3"
-    return Route(protocol, host, port, "useurl", user, addresses)
+    server_tls = POP3.spots(port, cfg) or TlsMode.NONE  # None: a port that is not POP3's
+    return Route(POP3.name, host, port, "useurl", user, addresses, server_tls=server_tls)
 
 
 def connect(route: Route, timeout: float) -> socket.socket:

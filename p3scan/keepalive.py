@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from p3scan.lines import PeerClosed, Stream
 from p3scan.log import LOG
+from p3scan.stream import PeerClosed, Stream
 
 STATUS = b"+OK p3scan: the message follows once it is scanned\r\n"
 TEXT = b"X-P3Scan-Keepalive: waiting for the virus scan "

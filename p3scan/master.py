@@ -16,6 +16,12 @@ workers down with the master, so the master backs off (1 s doubling to 60 s), sp
 probe worker per attempt, logs how many workers are missing and why, and recovers once one
 boots.  After a reload the guard is not re-armed: the new configuration was checked already,
 stopping would end the sessions in progress, and a second reload can fix a bad one.
+
+Supervision: each worker beats a heartbeat in shared memory and reports its state in status
+frames (:mod:`p3scan.status`).  The master keeps the latest status of each worker
+(:meth:`Master.worker_states`) and kills (SIGKILL) a worker silent for longer than
+:func:`p3scan.worker.heartbeat_timeout`: it is stuck, since every wait it may make is
+shorter.  The worker is replaced at once; its work directory goes when it is reaped.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lockfile
@@ -46,7 +52,8 @@ from p3scan import (
     spooldirs,
 )
 from p3scan.log import LOG
-from p3scan.worker import BOOT_ERROR, BUSY, FAILED, IDLE, READY, Worker
+from p3scan.status import FrameDecoder, FrameError, Heartbeat, WorkerStatus
+from p3scan.worker import BOOT_ERROR, Worker, heartbeat_timeout
 
 LOOP_TICK = 1.0
 BUSY_LOG_INTERVAL = 60.0
@@ -67,10 +74,15 @@ class WorkerInfo:
     pid: int
     status_fd: int
     generation: int
+    heart: Heartbeat
+    silence_limit: float  # heartbeat timeout of the configuration it was started with
     booted: bool = False
     busy: bool = False
     deadline: float = 0.0  # when set: SIGTERM was sent, SIGKILL after this time
     failure: str = ""  # why it could not boot, as the worker reported it
+    status: WorkerStatus | None = None  # the latest it reported
+    decoder: FrameDecoder | None = field(default_factory=FrameDecoder)  # None: unreadable
+    hung: bool = False  # killed because its heartbeat stopped
 
 
 def backoff_delay(failures: int) -> float:
@@ -235,6 +247,7 @@ class Master:
             while self.signals:
                 self._handle_signal(self.signals.pop(0))
             self._kill_overdue()
+            self._kill_silent()
             if self.stopping:
                 if not self.workers:
                     LOG.info("%s terminates now", PROGNAME)
@@ -277,15 +290,38 @@ class Master:
 
     def _read_status(self, info: WorkerInfo) -> None:
         data = _drain(info.status_fd)
-        for index, code in enumerate(data):
-            byte = bytes([code])
-            if byte == READY:
-                self._booted(info)
-            elif byte in (BUSY, IDLE):
-                info.busy = byte == BUSY
-            elif byte == FAILED:
-                info.failure = data[index + 1:].decode("utf-8", "replace")
-                return
+        if info.decoder is None or not data:
+            return
+        try:
+            statuses = info.decoder.feed(data)
+        except FrameError as err:  # a bug: nothing more of this worker can be trusted
+            LOG.error("ERR: worker %d sent an unreadable status (%s); its status is "
+                      "ignored from now on", info.pid, err)
+            info.decoder = None
+            return
+        for status in statuses:
+            self._apply_status(info, status)
+
+    def _apply_status(self, info: WorkerInfo, status: WorkerStatus) -> None:
+        info.status = status
+        if status.state == "ready" and not info.booted:
+            self._booted(info)
+        elif status.state in ("busy", "idle"):
+            info.busy = status.state == "busy"
+        elif status.state == "failed":
+            info.failure = status.reason
+
+    def worker_states(self) -> dict[int, dict[str, Any]]:
+        """Per worker PID, its latest status and how the master sees it (for status
+        commands and metrics): JSON-ready."""
+        now = time.monotonic()
+        states = {}
+        for pid, info in self.workers.items():
+            status = info.status.as_dict() if info.status else {"state": "starting"}
+            states[pid] = {**status, "generation": info.generation,
+                           "retiring": bool(info.deadline), "stuck": info.hung,
+                           "silent": round(info.heart.silent_for(now), 3)}
+        return states
 
     def _booted(self, info: WorkerInfo) -> None:
         info.booted = True
@@ -318,20 +354,22 @@ class Master:
 
     def _spawn(self) -> None:
         status_r, status_w = os.pipe()
+        heart = Heartbeat()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(status_r)
                 self._become_worker()
-                code = Worker(self.cfg, self.listeners, status_w, self.pid).run()
+                code = Worker(self.cfg, self.listeners, status_w, self.pid, heart).run()
             except BaseException:
                 LOG.exception("Worker %d crashed", os.getpid())
             finally:
                 os._exit(code)
         os.close(status_w)
         os.set_blocking(status_r, False)
-        self.workers[pid] = WorkerInfo(pid, status_r, self.generation)
+        self.workers[pid] = WorkerInfo(pid, status_r, self.generation, heart,
+                                       heartbeat_timeout(self.cfg))
         LOG.debug("Forked worker, pid=%d, workers=%d", pid, len(self.workers))
 
     def _become_worker(self) -> None:
@@ -340,6 +378,8 @@ class Master:
             signal.signal(signum, signal.SIG_DFL)
         for fd in [self.wake_r, self.wake_w] + [w.status_fd for w in self.workers.values()]:
             os.close(fd)
+        for info in self.workers.values():
+            info.heart.close()  # a sibling's heartbeat is none of its business
         self.workers = {}
 
     def _reap(self) -> None:
@@ -360,6 +400,7 @@ class Master:
         if info is not None:
             self._read_status(info)  # a boot failure's reason may still be in the pipe
             os.close(info.status_fd)
+            info.heart.close()
             shutil.rmtree(spooldirs.worker_dir(self.cfg, pid), ignore_errors=True)
         return info
 
@@ -380,7 +421,7 @@ class Master:
             LOG.debug("Worker %d exited", info.pid)
 
     def _count_early_death(self, info: WorkerInfo) -> None:
-        if info.booted or info.deadline:
+        if info.booted or (info.deadline and not info.hung):
             return
         if not self.starting:
             self._boot_failed(info, "it died before it was ready")
@@ -427,6 +468,21 @@ class Master:
                             self.cfg.gracetimeout)
                 _kill(info.pid, signal.SIGKILL)
                 info.deadline = float("inf")
+
+    def _kill_silent(self) -> None:
+        """SIGKILL workers whose heartbeat stopped: no wait of theirs lasts that long."""
+        now = time.monotonic()
+        for info in list(self.workers.values()):
+            silent = info.heart.silent_for(now)
+            if info.deadline == float("inf") or silent <= info.silence_limit:
+                continue
+            doing = info.status.describe() if info.status else "starting"
+            LOG.error("ERR: worker %d is stuck: no heartbeat for %.1fs (limit %.0fs), %s; "
+                      "killing it and starting a new one", info.pid, silent,
+                      info.silence_limit, doing)
+            _kill(info.pid, signal.SIGKILL)
+            info.deadline = float("inf")
+            info.hung = True
 
     def _stop_workers(self, graceful: bool) -> None:
         for info in list(self.workers.values()):

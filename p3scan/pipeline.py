@@ -24,7 +24,6 @@ from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, comb
 from p3scan.spool import Spool
 
 CLEAN, INFECTED, ERROR, UNCHECKED = "clean", "infected", "error", "unchecked"
-UNCHECKED_DEFAULT = {"POP3": "tempfail", "SMTP": "reject"}  # Amavis' CC_UNCHECKED
 WAIT_GRACE = 5.0
 SCAN_THREAD = "p3scan-scan"  # the worker waits for these before it clears its work directory
 LATER_STEPS = {"renattach": "attachment renaming", "checkspam": "spam checking",
@@ -71,18 +70,8 @@ class Verdict:
 
     @property
     def option(self) -> str:
-        """The option whose policy applies (see :func:`failure_policy`)."""
+        """The option whose policy applies (see :class:`p3scan.outcome.Policy`)."""
         return "unchecked" if self.status == UNCHECKED else "scanerror"
-
-
-def failure_policy(verdict: Verdict, cfg: Any, protocol: str) -> str:
-    """tempfail, pass or reject: ``unchecked`` for unchecked mail (by default per
-    protocol), ``scanerror`` when the scan failed."""
-    if verdict.retry:
-        return "tempfail"
-    if verdict.status == UNCHECKED:
-        return cfg.unchecked or UNCHECKED_DEFAULT["SMTP" if protocol == "SMTP" else "POP3"]
-    return cfg.scanerror
 
 
 @dataclass

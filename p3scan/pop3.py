@@ -8,19 +8,22 @@ CAPA: the proxy cannot relay a TLS handshake as text (spec §6.1, §14 S7).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p3scan.destination import NoDestination, Route, useurl_route
-from p3scan.lines import MAX_LINE, LineTooLong, Stream, copy_block
 from p3scan.log import LOG
 from p3scan.pop3msg import Retrieval
 from p3scan.session import Session, SessionInfo, sasl_plain_user, split_command
+from p3scan.stream import MAX_LINE, LineTooLong, Stream, copy_block
 
 BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
 BLOCK_WITHOUT_ARGUMENT = frozenset({"LIST", "UIDL", "AUTH"})
 USEURL_MAX_TRIES = 10
 MAX_CAPA_LINES = 512  # the reply is filtered in memory; real servers send a dozen
 USEURL_CAPABILITIES = ("USER", "TOP", "UIDL", "RESP-CODES", "PIPELINING")
+
+if TYPE_CHECKING:
+    from p3scan.scanning import Scanning
 
 
 def expects_block(verb: str, arg: str) -> bool:
@@ -46,7 +49,7 @@ class Pop3Session(Session):
         return f"-ERR [SYS/TEMP] p3scan: {text}\r\n".encode("utf-8", "replace")
 
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
-                 scanning: Any):
+                 scanning: Scanning):
         super().__init__(client, server, cfg, info, scanning)
         self.verbs = {
             "CAPA": self.do_capa,
@@ -161,6 +164,12 @@ class Pop3Session(Session):
     def do_quit(self, line: bytes, verb: str, arg: str) -> None:
         self.relay_command(line, verb, arg)
         self.done = True
+
+
+def client_route(client: Stream, cfg: Any) -> Route | None:
+    """POP3's entry point when the client names its server (useurl): p3scan greets it
+    itself and reads the server from its USER; None if the client gives up."""
+    return useurl_handshake(client, cfg)
 
 
 def useurl_capabilities(cfg: Any) -> bytes:

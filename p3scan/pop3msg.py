@@ -14,18 +14,21 @@ a client never takes a truncated message for a complete one.
 from __future__ import annotations
 
 import re
-import select
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from p3scan import heartbeat
+from p3scan.codec import send_stuffed
+from p3scan.context import MessageContext
 from p3scan.keepalive import KeepAlive
-from p3scan.lines import PeerClosed, send_stuffed
 from p3scan.log import LOG
-from p3scan.pipeline import CLEAN, ERROR, INFECTED, Verdict, failure_policy
+from p3scan.outcome import Deliver, Outcome, Policy, Replace, Tempfail, decide
+from p3scan.pipeline import ERROR, Verdict
 from p3scan.scanning import QuarantineError
 from p3scan.session import AbortSession, IdleTimeout
 from p3scan.spool import Intake, Spool
+from p3scan.stream import PeerClosed, wait_readable
 
 if TYPE_CHECKING:
     from p3scan.pop3 import Pop3Session
@@ -61,12 +64,12 @@ class Retrieval:
         try:
             verdict = self._download(spool)
             spool.close()
-            values = self.scanning.values(self.session.info, spool)
+            ctx = self.session.message_context(spool, self.number)
             if verdict is None:
-                verdict = self._scan(spool, values)
+                verdict = self._scan(ctx)
             self.keepalive.absorb_noop_replies()
-            self.scanning.log_verdict("POP3", self.number, spool.size, verdict)
-            self._answer(spool, verdict, values)
+            self.scanning.log_verdict("POP3", ctx, verdict)
+            self._answer(ctx, decide(verdict, Policy.from_config(self.cfg, "POP3")))
         except PeerClosed as err:
             if err.side == self.server.name and not (self.keepalive.started or
                                                      self.session.answered):
@@ -88,10 +91,10 @@ class Retrieval:
         intake = Intake(spool)
         last_data = time.monotonic()
         while not intake.done:
+            heartbeat.beat(self.session.info, self.number)
             if not self.server.buffered:
                 wait = min(self.keepalive.due_in(), self.cfg.idletimeout)
-                readable, _, _ = select.select([self.server], [], [], wait)
-                if not readable:
+                if not wait_readable([self.server], wait):
                     if time.monotonic() - last_data >= self.cfg.idletimeout:
                         raise IdleTimeout()
                     self.keepalive.tick_if_due(scanning=False)
@@ -106,9 +109,10 @@ class Retrieval:
 
     # --- scan -------------------------------------------------------------------------------
 
-    def _scan(self, spool: Spool, values: dict[str, str | None]) -> Verdict:
-        running = self.scanning.start(spool, values)
+    def _scan(self, ctx: MessageContext) -> Verdict:
+        running = self.scanning.start(ctx)
         while True:
+            heartbeat.beat(self.session.info, self.number)
             wait = min(self.keepalive.due_in(), max(0.05, running.time_left()))
             verdict = running.wait(wait)
             if verdict is not None:
@@ -117,24 +121,21 @@ class Retrieval:
 
     # --- answer -----------------------------------------------------------------------------
 
-    def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
-        if verdict.status == CLEAN:
-            self._deliver(spool, self.scanning.clean_header("POP3"))
-            return
-        if verdict.status == INFECTED:
-            self._replace(spool, verdict, values)
-            return
-        policy = failure_policy(verdict, self.cfg, "POP3")
-        if policy == "pass":
-            LOG.warning("Delivering POP3 message %s %s (%s = pass): %s", self.number,
-                        verdict.undone.replace("not ", "un"), verdict.option, verdict.reason)
-            self._deliver(spool, self.scanning.unscanned_header(verdict))
-        elif policy == "reject":
-            failed = Verdict(verdict.status, (f"{verdict.undone}: {verdict.reason}",),
-                             verdict.reason)
-            self._replace(spool, failed, values)
-        else:
+    def _answer(self, ctx: MessageContext, outcome: Outcome) -> None:
+        """Say the outcome in POP3: the message, a notification, or -ERR."""
+        verdict = outcome.verdict
+        if isinstance(outcome, Deliver):
+            if verdict.status != "clean":
+                LOG.warning("Delivering POP3 message %s %s (%s = pass): %s", self.number,
+                            verdict.undone.replace("not ", "un"), verdict.option,
+                            verdict.reason)
+            self._deliver(ctx.spool, outcome.headers[0])
+        elif isinstance(outcome, Replace):
+            self._replace(ctx, verdict)
+        elif isinstance(outcome, Tempfail):
             self._tempfail(verdict)
+        else:  # pragma: no cover - decide() gives POP3 no Refuse
+            raise AssertionError(outcome)
 
     def _tempfail(self, verdict: Verdict) -> None:
         LOG.error("ERR: POP3 message %s not delivered, %s: %s (the message stays "
@@ -164,14 +165,15 @@ class Retrieval:
         self.client.send_parts(spool.path, [status, *parts, end])
         self.session.info.bytes += size
 
-    def _replace(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
+    def _replace(self, ctx: MessageContext, verdict: Verdict) -> None:
+        """Quarantine (durable first), then the notification in the message's place."""
         try:
-            self.scanning.quarantine(spool, values, verdict, {"message_number": self.number})
+            kept = self.scanning.quarantine(ctx, verdict)
         except QuarantineError as err:  # no copy kept: the message stays on the server
             self._tempfail(Verdict(ERROR, reason=f"{verdict.text}; {err}"))
             return
-        self.scanning.log_virus(values)
-        notice = self.scanning.notification(spool, values)
+        self.scanning.log_virus(ctx, verdict, kept)
+        notice = self.scanning.notification(ctx, verdict, kept)
         self._send(status_with_size(self.status, len(notice)), len(notice), iter([notice]))
 
     def _send(self, status: bytes, size: int, chunks: Iterator[bytes]) -> None:

@@ -13,8 +13,11 @@ import json
 import os
 import secrets
 import string
+import time
 from typing import Any
 
+from p3scan import PROGNAME, __version__
+from p3scan.context import MessageContext
 from p3scan.spool import Spool
 
 ALPHABET = string.ascii_letters + string.digits
@@ -22,6 +25,24 @@ ALPHABET = string.ascii_letters + string.digits
 
 def _new_name() -> str:
     return "p3scan." + "".join(secrets.choice(ALPHABET) for _ in range(8))
+
+
+def record(ctx: MessageContext, names: tuple[str, ...], status: str,
+           scanner: str) -> dict[str, Any]:
+    """The sidecar of a quarantined message, from its context and verdict."""
+    values = ctx.values
+    meta: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "protocol": ctx.protocol,
+        "client": f"{ctx.client[0]}:{ctx.client[1]}",
+        "server": f"{ctx.server[0]}:{ctx.server[1]}", "user": ctx.user,
+        "virus": list(names), "status": status, "message_id": values.get("MESSAGEID"),
+        "from": values.get("MAILFROM"), "to": values.get("MAILTO"),
+        "subject": values.get("SUBJECT"), "scanner": scanner,
+        "p3scan": f"{PROGNAME} {__version__}"}
+    if ctx.envelope is not None:
+        meta["envelope"] = ctx.envelope.as_dict()
+    meta["message_number"] = ctx.number
+    return meta
 
 
 def store(spool: Spool, virusdir: str, meta: dict[str, Any]) -> str:

@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from p3scan import heartbeat
+from p3scan.context import Envelope, MessageContext
 from p3scan.destination import Route
-from p3scan.lines import MAX_LINE, LineTooLong, PeerClosed, Stream, StreamError
 from p3scan.log import LOG
+from p3scan.stream import (
+    MAX_LINE,
+    LineTooLong,
+    PeerClosed,
+    Stream,
+    StreamError,
+    wait_readable,
+)
+
+if TYPE_CHECKING:
+    from p3scan.scanning import Scanning
+    from p3scan.spool import Spool
 
 Handler = Callable[[bytes, str, str], None]
 
@@ -60,7 +72,7 @@ class SessionInfo:
         clean = "Clean Exit" if not self.outcome.startswith("error") else "Critical abort"
         duration = time.monotonic() - self.started
         return (f"Session done ({clean}). Mails: {self.messages} Bytes: {self.bytes} "
-                f"protocol={self.route.protocol} client={_addr(self.client)} "
+                f"protocol={self.route.label} client={_addr(self.client)} "
                 f"server={self.route.address} user={self.user or '-'} "
                 f"duration={duration:.3f}s outcome={self.outcome}")
 
@@ -97,7 +109,7 @@ class Session:
         raise NotImplementedError
 
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
-                 scanning: Any):
+                 scanning: Scanning):
         self.client = client
         self.server = server
         self.cfg = cfg
@@ -160,6 +172,13 @@ class Session:
     def greet(self) -> None:
         raise NotImplementedError
 
+    def message_context(self, spool: Spool, number: str,
+                        envelope: Envelope | None = None) -> MessageContext:
+        """What the scan services need to know of a message of this session."""
+        route = self.info.route
+        return MessageContext(route.label, self.info.client, (route.host, route.port),
+                              self.info.user, number, spool, self.scanning.vdinfo, envelope)
+
     def relay_command(self, line: bytes, verb: str, arg: str) -> None:
         raise NotImplementedError
 
@@ -188,8 +207,7 @@ class Session:
     def check_server_silent(self) -> None:
         """Raise :class:`ProtocolViolation` if the server has sent anything unasked."""
         if not self.server.buffered:
-            readable, _, _ = select.select([self.server], [], [], 0)
-            if not readable:
+            if not wait_readable([self.server], 0):
                 return
             if not self.server.fill():
                 raise PeerClosed(self.server.name, "closed the connection")
@@ -203,7 +221,8 @@ class Session:
         self.server.write(line)
 
     def _select(self, streams: list[Stream]) -> list[Stream]:
-        readable, _, _ = select.select(streams, [], [], self.cfg.idletimeout)
+        heartbeat.beat(self.info)
+        readable = wait_readable(streams, self.cfg.idletimeout)
         if not readable:
             raise IdleTimeout()
         return readable
@@ -217,6 +236,7 @@ class Session:
 
     def server_line(self) -> bytes:
         """One reply line from the server; it must arrive."""
+        heartbeat.beat(self.info)
         line = self.server.readline()
         if not line.endswith(b"\n"):
             raise PeerClosed(self.server.name, "closed the connection")

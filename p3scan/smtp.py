@@ -8,16 +8,19 @@ pipelining client is simply queued.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p3scan.lines import LineTooLong, PeerClosed, Stream, copy_block
 from p3scan.log import LOG
 from p3scan.session import ProtocolViolation, Session, SessionInfo, sasl_plain_user
 from p3scan.smtpmsg import Envelope, Submission, parse_address
+from p3scan.stream import LineTooLong, PeerClosed, Stream, copy_block
 
 EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME"})
 MAX_REPLY_LINES = 512
 MAX_BDAT_DIGITS = 20  # 10**20 bytes is beyond any chunk: a longer size is no size at all
+
+if TYPE_CHECKING:
+    from p3scan.scanning import Scanning
 
 
 def reply_code(reply: list[bytes]) -> int:
@@ -58,7 +61,7 @@ class SmtpSession(Session):
         return f"421 4.4.2 p3scan: {text}\r\n".encode("utf-8", "replace")
 
     def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
-                 scanning: Any):
+                 scanning: Scanning):
         super().__init__(client, server, cfg, info, scanning)
         self.envelope = Envelope()
         self.verbs = {

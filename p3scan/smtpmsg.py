@@ -13,15 +13,17 @@ in the middle, the client gets a 4xx, never a 250.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from p3scan import PROGNAME, __version__, footer
-from p3scan.lines import PeerClosed, send_stuffed
+from p3scan import PROGNAME, __version__, context, footer, heartbeat
+from p3scan.codec import send_stuffed
+from p3scan.context import MessageContext
 from p3scan.log import LOG
-from p3scan.pipeline import CLEAN, INFECTED, Verdict, failure_policy
+from p3scan.outcome import Deliver, Outcome, Policy, Refuse, Tempfail, decide
+from p3scan.pipeline import CLEAN, Verdict
 from p3scan.scanning import QuarantineError
 from p3scan.spool import Intake, Spool
+from p3scan.stream import PeerClosed
 
 if TYPE_CHECKING:
     from p3scan.smtp import SmtpSession
@@ -29,17 +31,8 @@ if TYPE_CHECKING:
 SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
 
 
-@dataclass
-class Envelope:
-    """The current transaction: HELO name, sender, accepted recipients, announced size."""
-
-    helo: str | None = None
-    mail_from: str | None = None
-    rcpt_to: list[str] = field(default_factory=list)
-    size: int | None = None
-
-    def reset(self) -> None:
-        self.mail_from, self.rcpt_to, self.size = None, [], None
+class Envelope(context.Envelope):
+    """The current transaction, as the SMTP commands build it."""
 
     def record_mail(self, arg: str) -> None:
         self.reset()
@@ -47,8 +40,9 @@ class Envelope:
         match = SIZE.search(arg)
         self.size = int(match.group(1)) if match else None
 
-    def as_dict(self) -> dict[str, object]:
-        return {"helo": self.helo, "mail_from": self.mail_from, "rcpt_to": list(self.rcpt_to)}
+    def snapshot(self) -> context.Envelope:
+        """A copy for the message's context (the transaction is reset afterwards)."""
+        return context.Envelope(self.helo, self.mail_from, list(self.rcpt_to), self.size)
 
 
 def parse_address(arg: str, prefix: str) -> str:
@@ -78,21 +72,15 @@ class Submission:
         try:
             verdict = self._receive(spool)
             spool.close()
-            values = self._values(spool)
+            ctx = self.session.message_context(spool, self.number, self.envelope.snapshot())
             if verdict is None:
-                verdict = self.scanning.scan(spool, values)
-            self.scanning.log_verdict("SMTP", self.number, spool.size, verdict,
+                verdict = self.scanning.scan(ctx)
+            self.scanning.log_verdict("SMTP", ctx, verdict,
                                       f", from <{self.envelope.mail_from}> to "
                                       f"<{'>, <'.join(self.envelope.rcpt_to)}>")
-            self._answer(spool, verdict, values)
+            self._answer(ctx, decide(verdict, Policy.from_config(self.cfg, "SMTP")))
         finally:
             spool.remove()
-
-    def _values(self, spool: Spool) -> dict[str, str | None]:
-        values = self.scanning.values(self.session.info, spool)
-        values.update({"ENVFROM": self.envelope.mail_from,
-                       "ENVTO": ", ".join(self.envelope.rcpt_to), "HELO": self.envelope.helo})
-        return values
 
     # --- the message from the client ------------------------------------------------------
 
@@ -101,6 +89,7 @@ class Submission:
         (Reads wait at most ``idletimeout``: the socket's timeout.)"""
         intake = Intake(spool)
         while not intake.done:
+            heartbeat.beat(self.session.info, self.number)
             if not self.client.buffered and not self.client.fill():
                 raise PeerClosed(self.client.name, "closed the connection during DATA")
             intake.feed(self.client.take())
@@ -109,46 +98,43 @@ class Submission:
 
     # --- the answer -----------------------------------------------------------------------
 
-    def _answer(self, spool: Spool, verdict: Verdict, values: dict[str, str | None]) -> None:
-        if verdict.status == CLEAN:
-            self._relay(spool, self._clean_headers(), values)
-            return
-        if verdict.status == INFECTED:
-            self._refuse(spool, verdict, values, f"554 {self.cfg.smtprset}")
-            return
-        policy = failure_policy(verdict, self.cfg, "SMTP")
-        if policy == "pass":
-            LOG.warning("Relaying SMTP message %s %s (%s = pass): %s", self.number,
-                        verdict.undone.replace("not ", "un"), verdict.option, verdict.reason)
-            self._relay(spool, [self.scanning.unscanned_header(verdict)], values)
-        elif policy == "reject":
-            failed = Verdict(verdict.status, (f"{verdict.undone}: {verdict.reason}",),
-                             verdict.reason)
-            self._refuse(spool, failed, values, f"554 5.7.0 p3scan: the message "
-                                                f"{verdict.failure}")
-        else:
+    def _answer(self, ctx: MessageContext, outcome: Outcome) -> None:
+        """Say the outcome in SMTP: relay the message, or refuse it (554 or 451)."""
+        verdict = outcome.verdict
+        if isinstance(outcome, Deliver):
+            headers = list(outcome.headers)
+            if verdict.status == CLEAN:
+                headers += self._vdinfo_headers()
+            else:
+                LOG.warning("Relaying SMTP message %s %s (%s = pass): %s", self.number,
+                            verdict.undone.replace("not ", "un"), verdict.option,
+                            verdict.reason)
+            self._relay(ctx, headers)
+        elif isinstance(outcome, Refuse):
+            self._refuse(ctx, verdict, outcome.reply)
+        elif isinstance(outcome, Tempfail):
             LOG.error("ERR: SMTP message %s refused for now, %s: %s",
                       self.number, verdict.cause, verdict.reason)
             self._reset_server()
             self.client.write(f"451 4.3.0 p3scan: the message {verdict.failure} "
                               f"({verdict.reason}); try again later\r\n"
                               .encode("utf-8", "replace"))
+        else:  # pragma: no cover - decide() gives SMTP no Replace
+            raise AssertionError(outcome)
 
-    def _clean_headers(self) -> list[bytes]:
-        lines = [self.scanning.clean_header("SMTP")]
+    def _vdinfo_headers(self) -> list[bytes]:
         if self.cfg.footer and self.scanning.vdinfo_lines:
-            lines += [b"X-P3Scan: " + line for line in self.scanning.vdinfo_lines]
-        return lines
+            return [b"X-P3Scan: " + line for line in self.scanning.vdinfo_lines]
+        return []
 
-    def _refuse(self, spool: Spool, verdict: Verdict, values: dict[str, str | None],
-                reply: str) -> None:
+    def _refuse(self, ctx: MessageContext, verdict: Verdict, reply: str) -> None:
+        """Quarantine (durable first), then refuse; 451 if it could not be kept."""
+        kept = None
         try:
-            self.scanning.quarantine(spool, values, verdict,
-                                     {"envelope": self.envelope.as_dict(),
-                                      "message_number": self.number})
+            kept = self.scanning.quarantine(ctx, verdict)
         except QuarantineError as err:  # no copy kept: the client must try again
             reply = f"451 4.3.0 p3scan: {verdict.text}; {err}; try again later"
-        self.scanning.log_virus(values)
+        self.scanning.log_virus(ctx, verdict, kept)
         LOG.warning("%s", reply)
         self._reset_server()
         self.client.write(reply.encode("utf-8", "replace") + b"\r\n")
@@ -159,8 +145,9 @@ class Submission:
         self.session.read_reply()
         self.envelope.reset()
 
-    def _relay(self, spool: Spool, headers: list[bytes], values: dict[str, str | None]) -> None:
+    def _relay(self, ctx: MessageContext, headers: list[bytes]) -> None:
         """DATA to the server, then (on 354) the message; relay the server's verdict."""
+        spool = ctx.spool
         self.session.forward(b"DATA\r\n")
         reply = self.session.read_reply(intermediate=354)
         if not reply[0].startswith(b"354"):
@@ -168,7 +155,7 @@ class Submission:
             self.envelope.reset()
             return
         header = spool.header_eol.join(headers)
-        tail = footer.block(self.cfg, spool, values, self.scanning.vdinfo_lines)
+        tail = footer.block(self.cfg, spool, ctx.values, self.scanning.vdinfo_lines)
         direct = None if tail else spool.wire_parts(header)
         try:
             if direct:  # no dot lines: the file is its own wire form

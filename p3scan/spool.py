@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from email.message import Message
 
-from p3scan.lines import DotDecoder
+from p3scan.codec import DotDecoder
 from p3scan.log import LOG
 
 HEADER_CAP = 256 * 1024

@@ -24,9 +24,9 @@ import hypothesis
 from hypothesis.errors import InvalidArgument
 
 from p3scan.destination import Route
-from p3scan.lines import Stream
 from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
+from p3scan.stream import Stream
 from tests.support.harness import test_config
 from tests.support.messages import EICAR
 from tests.support.procs import REPO

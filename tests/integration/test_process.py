@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import poplib
 import pwd
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from p3scan.master import LOOP_TICK
+from p3scan.worker import heartbeat_timeout
 from tests.support.dovecot import PASSWORD
 from tests.support.fakes import simple_pop3
-from tests.support.messages import standard_mailbox
+from tests.support.messages import message, standard_mailbox
 from tests.support.procs import proc_ids, require_root, wait_until
 
 pytestmark = pytest.mark.integration
@@ -235,3 +240,73 @@ def test_workers_retire_after_maxsessions(dovecot, p3scan):
     daemon.wait_log(r"Worker \d+ retires after \d sessions")
     wait_until(lambda: daemon.worker_pids() and daemon.worker_pids() != first, 10,
                "a fresh worker after retirement")
+
+
+STUCK_SCANNER = """#!/bin/sh
+# The first scan stops the worker that runs it: SIGSTOP leaves it as stuck as a process can
+# be (a dead NFS spool, a deadlock in C), so none of its own deadlines can fire.  The
+# scanner itself ignores SIGTERM and sleeps far past scantimeout.  Later scans are clean.
+trap '' TERM
+[ -e {marker} ] && exit 0
+echo $$ > {marker}
+kill -STOP $PPID
+sleep 300
+"""
+
+
+def test_a_worker_that_stops_beating_is_killed_and_replaced(p3scan, scratch):
+    state = scratch / "state"
+    state.mkdir(mode=0o777)
+    os.chmod(state, 0o777)  # the worker (user nobody) runs the scanner
+    marker = state / "scanner.pid"
+    scanner = scratch / "stuck-scanner"
+    scanner.write_text(STUCK_SCANNER.format(marker=marker))
+    scanner.chmod(0o755)
+    options = {"idletimeout": 2, "connecttimeout": 2, "timeout": 1, "scantimeout": 2}
+    limit = heartbeat_timeout(SimpleNamespace(**options))
+    server = simple_pop3(messages={1: message("after the hang")})
+    try:
+        daemon = p3scan(targetip="127.0.0.1", targetport=server.port, maxchilds=1,
+                        scannertype="basic", scanner=scanner, **options).start()
+        [stuck] = daemon.worker_pids()
+        sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=limit + 20)
+        sock.sendall(b"USER u\r\nPASS p\r\nRETR 1\r\n")
+        wait_until(marker.exists, 20, "the scanner to stop its worker")
+        stopped = time.monotonic()
+        log = daemon.wait_log(rf"worker {stuck} is stuck: no heartbeat", timeout=limit + 10)
+        waited = time.monotonic() - stopped
+        assert limit - 2 <= waited <= limit + LOOP_TICK + 2, (waited, limit)
+        assert re.search(rf"worker {stuck} is stuck: .*busy since .*\(POP3 client=127\.0\.0\.1:"
+                         rf"\d+ server=127\.0\.0\.1:{server.port} user=u message=1\)", log)
+        assert f"worker {stuck} died with signal" not in log  # said once, as a stuck worker
+        assert not _reply(sock).endswith(b"\r\n.\r\n")  # never a truncated message as whole
+        wait_until(lambda: len(daemon.worker_pids()) == 1 and stuck not in daemon.worker_pids(),
+                   10, "a replacement worker")
+        wait_until(lambda: not (daemon.workdir / "spool" / "children" / str(stuck)).exists(),
+                   10, "the stuck worker's spool directory to be removed")
+        pop = poplib.POP3("127.0.0.1", daemon.port, timeout=20)
+        pop.user("u")
+        pop.pass_("p")
+        response, lines, _ = pop.retr(1)
+        assert response.startswith(b"+OK") and b"Subject: after the hang" in lines
+        assert any(line.startswith(b"X-P3Scan: ") for line in lines)
+        pop.quit()
+    finally:
+        server.close()
+        _kill_group_in(marker)
+
+
+def _reply(sock: socket.socket) -> bytes:
+    """Everything the client got until the connection closed."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+def _kill_group_in(pidfile: Path) -> None:
+    try:
+        os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass

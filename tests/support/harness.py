@@ -10,9 +10,9 @@ from typing import Any
 
 from p3scan import config
 from p3scan.destination import Route
-from p3scan.lines import Stream
 from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
+from p3scan.stream import Stream
 
 
 def test_config(**changes: Any) -> config.Config:

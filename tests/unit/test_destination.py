@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from p3scan import config, destination
+from p3scan import config, destination, protocols
 from p3scan.destination import NoDestination, parse_useurl
+from p3scan.protocols import TlsMode
 
 
 @pytest.fixture
@@ -37,14 +38,30 @@ def test_bad_useurl_arguments(argument):
         parse_useurl(argument)
 
 
+def label(port, cfg):
+    """What logs call a connection to ``port``: its protocol, POP3S for implicit TLS."""
+    return destination.port_route("192.0.2.7", port, "target", cfg).label
+
+
 def test_protocol_by_destination_port(cfg):
-    assert destination.protocol_for(25, cfg) == "SMTP"
-    assert destination.protocol_for(995, cfg) == "POP3S"
-    assert destination.protocol_for(110, cfg) == "POP3"
-    assert destination.protocol_for(143, cfg) == "POP3"
-    assert destination.useurl_route("a#192.0.2.7:995", cfg).protocol == "POP3S"
+    assert label(25, cfg) == "SMTP"
+    assert label(995, cfg) == "POP3S"
+    assert label(110, cfg) == "POP3"
+    assert label(143, cfg) == "POP3"
+    assert destination.useurl_route("a#192.0.2.7:995", cfg).label == "POP3S"
     smtp_too = cfg.replace(useurlports=[25])
-    assert destination.useurl_route("a#192.0.2.7:25", smtp_too).protocol == "POP3"  # POP3 only
+    assert destination.useurl_route("a#192.0.2.7:25", smtp_too).label == "POP3"  # POP3 only
+
+
+def test_pop3s_is_pop3_with_implicit_tls_towards_the_server(cfg):
+    route = destination.port_route("192.0.2.7", cfg.sslport, "target", cfg)
+    assert (route.protocol, route.client_tls, route.server_tls) == ("POP3", TlsMode.NONE,
+                                                                    TlsMode.IMPLICIT)
+    assert protocols.spot(cfg.emailport, cfg) == (protocols.SMTP, TlsMode.NONE)
+    assert protocols.spot(143, cfg) == (protocols.POP3, TlsMode.NONE)  # as 2.3.2: else POP3
+    both = cfg.replace(emailport=2525, sslport=2525)
+    assert protocols.spot(2525, both) == (protocols.SMTP, TlsMode.NONE)  # emailport first
+    assert protocols.spot(25, both) == (protocols.POP3, TlsMode.NONE)
 
 
 def test_fixed_target_route(cfg):

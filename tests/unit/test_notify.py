@@ -7,6 +7,7 @@ import os
 import stat
 
 from p3scan import notify, quarantine
+from p3scan.context import MessageContext
 from p3scan.pipeline import INFECTED, Verdict
 from p3scan.scanning import Scanning
 from p3scan.spool import Spool
@@ -99,12 +100,15 @@ def test_justdelete_and_p3scanid(tmp_path):
     workdir.mkdir()
     spool = Spool(str(workdir))
     spool.write(b"Subject: v\r\n\r\nbody\r\n")
-    values: dict[str, str | None] = {"PROTOCOL": "POP3", "CLIENTIP": "1", "CLIENTPORT": "2",
-                                     "SERVERIP": "3", "SERVERPORT": "4"}
+    spool.close()
+    ctx = MessageContext("POP3", ("1", 2), ("3", 4), None, "1", spool)
     keep = Scanning(test_config(virusdir=str(tmp_path)), str(workdir))
-    path = keep.quarantine(spool, values, Verdict(INFECTED, ("V",)), {})
+    path = keep.quarantine(ctx, Verdict(INFECTED, ("V",)))
+    values = ctx.notice_values("V", path, keep.cfg.notify)
     assert values["P3SCANID"] == "/" + os.path.basename(path) and values["VIRUSNAME"] == "V"
     drop = Scanning(test_config(virusdir=str(tmp_path), justdelete=True), str(workdir))
-    assert drop.quarantine(spool, values, Verdict(INFECTED, ("V",)), {}) is None
+    path = drop.quarantine(ctx, Verdict(INFECTED, ("V",)))
+    assert path is None
+    values = ctx.notice_values("V", path, drop.cfg.notify)
     assert values["P3SCANID"] == "Per instruction, the message has been deleted."
     spool.remove()

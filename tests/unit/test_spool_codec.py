@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p3scan.lines import DotDecoder, DotEncoder
+from p3scan.codec import DotDecoder, DotEncoder
 from p3scan.spool import Spool, SpoolFull, header_text
 from tests.support import oracle
 

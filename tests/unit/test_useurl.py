@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from p3scan import config, destination
 from p3scan.destination import NoDestination, Route, parse_useurl, useurl_route
-from p3scan.lines import MAX_LINE, Stream
 from p3scan.log import LOG
 from p3scan.pop3 import useurl_handshake
+from p3scan.stream import MAX_LINE, Stream
 
 LISTEN_PORT = 8110
 
@@ -355,7 +355,7 @@ def test_refused_user_gets_err_and_a_log_line_then_another_try(logged):
         b"-ERR p3scan: 127.0.0.1:8110 is p3scan itself, that would loop",
         b"-ERR p3scan: the host name has an empty label ('..' or a leading '.')",
         b"-ERR p3scan: port 25 is not allowed in useurl mode (useurlports: 110, 995, 8110)"]
-    assert route is not None and route.protocol == "POP3S"
+    assert route is not None and route.label == "POP3S"
     assert "Unable to use destination in USER 'bob#127.0.0.1:8110': 127.0.0.1:8110 is " \
            "p3scan itself, that would loop" in logged
 

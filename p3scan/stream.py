@@ -1,19 +1,29 @@
-"""Buffered, bounded line I/O over a socket, and byte-exact copying of dot-terminated blocks.
+"""One side of a session: buffered, bounded line I/O over a socket that can turn into TLS.
 
 The original read lines into 4 KiB buffers, truncated them at NUL bytes and split long lines
 with inserted CRLFs.  Here a line is whatever ends with LF, bytes are never rewritten, a
 command or reply line is capped (:data:`MAX_LINE`), and message bodies are copied in large
 chunks without any line limit, so memory stays bounded whatever the message.
+
+A stream upgrades to TLS in place (:meth:`Stream.start_tls`, for STLS and STARTTLS) and
+refuses to while plaintext is buffered.  A TLS socket may hold decrypted bytes that
+``select()`` cannot see, so code that waits on streams uses :func:`wait_readable`.
 """
 
 from __future__ import annotations
 
+import select
 import socket
-from collections.abc import Callable, Iterator
+import ssl
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
+
+from p3scan import heartbeat
+from p3scan.codec import find_terminator
 
 MAX_LINE = 16 * 1024
 CHUNK = 256 * 1024
-TERMINATORS = (b"\n.\r\n", b"\n.\n")
+SENDFILE_PIECE = 4 * 1024 * 1024  # a heartbeat between pieces of a large message
 
 
 class StreamError(Exception):
@@ -31,6 +41,11 @@ class LineTooLong(StreamError):
 
 class PeerClosed(StreamError):
     """The peer closed the connection where more data was required."""
+
+
+class TlsInjection(StreamError):
+    """Plaintext was buffered when TLS was to start: bytes sent before the handshake (in
+    the same packet as STLS or STARTTLS) must never count as protected (CVE-2011-0411)."""
 
 
 class Stream:
@@ -51,6 +66,10 @@ class Stream:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
+
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
 
@@ -58,6 +77,34 @@ class Stream:
     def buffered(self) -> int:
         """Bytes received but not yet consumed."""
         return len(self.buf) - self.pos
+
+    def tls_pending(self) -> int:
+        """Bytes the TLS layer has decrypted but not handed over: ``select()`` cannot see
+        them, as they have left the kernel already."""
+        return self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+
+    def pending(self) -> int:
+        """Bytes readable without waiting for the network: buffered here or in TLS."""
+        return self.buffered + self.tls_pending()
+
+    def start_tls(self, context: ssl.SSLContext, *, server_side: bool,
+                  server_hostname: str | None = None) -> None:
+        """Run the TLS handshake on this connection and speak TLS from now on.
+
+        Refused (:class:`TlsInjection`) if any plaintext is buffered: the peer sent it
+        after the command that started TLS, so it must not be read as if it came through
+        the handshake.  The handshake has the stream's timeout; a failure raises
+        :class:`ssl.SSLError` (an :class:`OSError`) or :class:`TimeoutError`.
+        """
+        if self.tls:
+            raise StreamError(self.name, "already speaks TLS")
+        if self.buffered:
+            raise TlsInjection(self.name, f"sent {self.buffered} bytes of plaintext before "
+                                          f"the TLS handshake")
+        self.sock = context.wrap_socket(self.sock, server_side=server_side,
+                                        server_hostname=server_hostname,
+                                        do_handshake_on_connect=False)
+        self.sock.do_handshake()
 
     def has_line(self) -> bool:
         return self.buf.find(b"\n", self.pos) >= 0
@@ -69,6 +116,7 @@ class Stream:
         if self.pos and self.pos >= len(self.buf) // 2:
             del self.buf[:self.pos]
             self.pos = 0
+        heartbeat.beat()  # each read waits at most the timeout: alive, not stuck
         try:
             data = self.sock.recv(CHUNK)
         except ConnectionResetError:
@@ -123,6 +171,7 @@ class Stream:
 
     def write(self, data: bytes) -> None:
         if data:
+            heartbeat.beat()
             try:
                 self.sock.sendall(data)
             except (BrokenPipeError, ConnectionResetError):
@@ -137,11 +186,20 @@ class Stream:
                 for part in parts:
                     if isinstance(part, bytes):
                         self.write(part)
-                    elif part[1]:
-                        self.sock.sendfile(handle, part[0], part[1])
+                    else:
+                        self._sendfile(handle, *part)
         finally:
             if cork:
                 _set_cork(self.sock, 0)
+
+    def _sendfile(self, handle: BinaryIO, offset: int, length: int) -> None:
+        """A file range in pieces, each a heartbeat: a slow client is alive, not stuck."""
+        end = offset + length
+        while offset < end:
+            heartbeat.beat()
+            piece = min(SENDFILE_PIECE, end - offset)
+            self.sock.sendfile(handle, offset, piece)
+            offset += piece
 
     def close(self) -> None:
         try:
@@ -150,28 +208,22 @@ class Stream:
             pass
 
 
+def wait_readable(streams: Sequence[Stream], timeout: float | None) -> list[Stream]:
+    """The streams that :meth:`Stream.fill` can read without blocking, waiting up to
+    ``timeout``: bytes already decrypted by TLS count first, as ``select()`` misses them."""
+    ready = [stream for stream in streams if stream.tls_pending()]
+    if ready:
+        return ready
+    readable, _, _ = select.select(list(streams), [], [], timeout)
+    return readable
+
+
 def _set_cork(sock: socket.socket, value: int) -> bool:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, value)
         return True
     except (OSError, AttributeError):  # not TCP (socketpairs in tests), or not Linux
         return False
-
-
-def find_terminator(context: bytes, chunk: bytes) -> int:
-    """Offset in ``chunk`` just after the ``.`` line that ends a block, or -1.
-
-    ``context`` holds the last bytes before ``chunk`` (``b"\\n"`` at a line start), so a
-    terminator that straddles two reads is still found.
-    """
-    data = context + chunk
-    best = -1
-    for pattern in TERMINATORS:
-        idx = data.find(pattern)
-        if idx >= 0:
-            end = idx + len(pattern)
-            best = end if best < 0 else min(best, end)
-    return best - len(context) if best >= 0 else -1
 
 
 def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bool = True) -> int:
@@ -192,93 +244,3 @@ def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bo
         write(src.take())
         total += len(chunk)
         context = (context + chunk)[-3:]
-
-
-class DotDecoder:
-    """Un-dot-stuff a multi-line reply as it streams in, and find its end (RFC 1939 §3).
-
-    Only lines that start with ``.`` need work, so the decoder searches for ``\\n.`` and
-    copies everything in between unchanged: bytes (CR, NUL, 8-bit, very long lines) are
-    never rewritten.  ``feed`` may be called with any chunking.
-    """
-
-    def __init__(self) -> None:
-        self.at_line_start = True
-        self.pending = b""
-        self.done = False
-        self.leftover = b""
-        self.unstuffed = False  # whether any line started with a dot
-
-    def feed(self, data: bytes) -> bytes:
-        """Decode ``data``; after the terminator, ``done`` is set and the rest kept."""
-        if not self.pending and b"\n." not in data and not (
-                self.at_line_start and data[:1] == b"."):
-            if data:
-                self.at_line_start = data.endswith(b"\n")
-            return data  # nothing to un-stuff: no copy
-        data = self.pending + data if self.pending else data
-        self.pending = b""
-        out = bytearray()
-        pos = 0
-        while pos < len(data):
-            if self.at_line_start:
-                if data[pos] == 0x2E:  # "."
-                    nxt = data[pos + 1:pos + 3]
-                    if nxt[:1] == b"\n" or nxt == b"\r\n":
-                        self.done = True
-                        self.leftover = data[pos + 1 + (1 if nxt[:1] == b"\n" else 2):]
-                        return bytes(out)
-                    if nxt in (b"", b"\r"):
-                        self.pending = data[pos:]  # cannot tell yet
-                        return bytes(out)
-                    pos += 1  # drop the stuffing dot
-                    self.unstuffed = True
-                self.at_line_start = False
-            idx = data.find(b"\n.", pos)
-            if idx < 0:
-                out += data[pos:]
-                self.at_line_start = data.endswith(b"\n")
-                break
-            out += data[pos:idx + 1]
-            pos = idx + 1
-            self.at_line_start = True
-        return bytes(out)
-
-
-class DotEncoder:
-    """Dot-stuff message bytes for the wire, chunk by chunk; ``end`` gives the terminator."""
-
-    def __init__(self) -> None:
-        self.at_line_start = True
-
-    def feed(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        out = data.replace(b"\n.", b"\n..")
-        if self.at_line_start and data[:1] == b".":
-            out = b"." + out
-        self.at_line_start = data.endswith(b"\n")
-        return out
-
-    def end(self) -> bytes:
-        """The terminating ``.`` line; a CRLF first if the data did not end a line."""
-        return b".\r\n" if self.at_line_start else b"\r\n.\r\n"
-
-
-def send_stuffed(write: Callable[[bytes], None], chunks: Iterator[bytes],
-                 prefix: bytes = b"") -> None:
-    """Send a message dot-stuffed with its final ``.`` line.
-
-    ``prefix`` (a status line) goes out with the first chunk and the ``.`` with the last,
-    so a message costs one write per chunk and no small packets (the original lost ~40 ms
-    a message to Nagle and delayed ACKs)."""
-    encoder = DotEncoder()
-    pending, first = prefix, True
-    for chunk in chunks:
-        data = encoder.feed(chunk)
-        if first:
-            pending, first = pending + data, False
-            continue
-        write(pending)
-        pending = data
-    write(pending + encoder.end())
