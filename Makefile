@@ -50,6 +50,7 @@ deps:
 
 test: deps venv
 	$(VPY) -m ruff check p3scan tests bench setup.py
+	$(VPY) -m mypy p3scan
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -57,6 +58,7 @@ unit: venv
 
 lint: venv
 	$(VPY) -m ruff check p3scan tests bench setup.py
+	$(VPY) -m mypy p3scan
 
 bench: deps venv
 	$(VPY) bench/pop3_passthrough.py

@@ -26,6 +26,7 @@ setup(
             "trustme>=1.0",
             "ruff>=0.5",
             "pytest-timeout>=2",
+            "mypy>=1.8",
         ],
     },
     entry_points={"console_scripts": ["p3scan = p3scan.cli:main"]},

@@ -202,12 +202,26 @@ def command_problem(text: str) -> str | None:
         return f"expected a command line with balanced quotes ({err})"
 
 
-def clamd_address_ok(text: str) -> bool:
-    """``/path``, ``unix:/path``, ``host:port`` or ``[v6]:port`` with a port 1-65535."""
-    if text.startswith(("/", "unix:/")):
-        return True
+def daemon_address(text: str) -> tuple[int, str | tuple[str, int]]:
+    """A scanner daemon's address: ``/path`` or ``unix:/path`` (a Unix socket), ``host:port``
+    or ``[v6]:port`` with a port 1-65535, as (address family, socket address).  The one
+    reader of this grammar: the configuration check and the scanners both use it."""
+    path = text[5:] if text.startswith("unix:") else text
+    if path.startswith("/"):
+        return socket.AF_UNIX, path
     host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Invalid("host:port ([v6addr]:port) or the path of a socket")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host.strip("[]"), int(port))
+
+
+def clamd_address_ok(text: str) -> bool:
+    try:
+        daemon_address(text)
+    except Invalid:
+        return False
+    return True
 
 
 CHECKS: dict[str, Callable[..., Any]] = {

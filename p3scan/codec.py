@@ -2,12 +2,15 @@
 
 A block of lines ends with a line holding a single ``.``; a line of the message that starts
 with ``.`` travels with one more.  These functions work on bytes in any chunking, so the
-same code serves a socket, a spool file or a test.
+same code serves a socket, a spool file or a test.  A spool's intake takes any
+:class:`Decoder`: :class:`DotDecoder` for these blocks, :class:`CountedDecoder` for blocks
+of a known length (BDAT, IMAP literals).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 TERMINATORS = (b"\n.\r\n", b"\n.\n")
 
@@ -28,6 +31,61 @@ def find_terminator(context: bytes, chunk: bytes) -> int:
     return best - len(context) if best >= 0 else -1
 
 
+class Decoder(Protocol):
+    """What a spool intake needs of a block's framing: the dot-terminated block of POP3 and
+    SMTP DATA here; a length-counted one (BDAT, IMAP literals) fits the same intake."""
+
+    done: bool  # the block has ended
+    leftover: bytes  # what followed the block in the last data fed (not part of it)
+
+    def feed(self, data: bytes) -> bytes:
+        """The message bytes in ``data`` (nothing once ``done``)."""
+        ...
+
+    @property
+    def dot_lines(self) -> bool:
+        """Whether a line of the message may start with a dot: if not, the spool file is
+        already its own dot-stuffed wire form (the sendfile fast path)."""
+        ...
+
+
+class DotLines:
+    """Notes whether any line of a message, fed in any chunking, starts with a dot."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.found = False
+
+    def feed(self, data: bytes) -> None:
+        if data and not self.found:
+            self.found = (self.at_line_start and data[:1] == b".") or b"\n." in data
+            self.at_line_start = data.endswith(b"\n")
+
+
+class CountedDecoder:
+    """A block of a known length, passed through unchanged (BDAT chunks, IMAP literals)."""
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+        self.done = length == 0
+        self.leftover = b""
+        self.lines = DotLines()
+
+    @property
+    def dot_lines(self) -> bool:
+        return self.lines.found
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
+        out = data[:self.remaining]
+        self.remaining -= len(out)
+        self.lines.feed(out)
+        if not self.remaining:
+            self.done, self.leftover = True, data[len(out):]
+        return out
+
+
 class DotDecoder:
     """Un-dot-stuff a multi-line reply as it streams in, and find its end (RFC 1939 §3).
 
@@ -42,6 +100,10 @@ class DotDecoder:
         self.done = False
         self.leftover = b""
         self.unstuffed = False  # whether any line started with a dot
+
+    @property
+    def dot_lines(self) -> bool:
+        return self.unstuffed
 
     def feed(self, data: bytes) -> bytes:
         """Decode ``data``; after the terminator, ``done`` is set and the rest kept."""

@@ -14,12 +14,13 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NoReturn
 
 from configobj import ConfigObj
 
 from p3scan import PROGNAME, __version__, checks, conffile
+from p3scan.settings import Settings
 
 DEFAULT_CONFIGFILE = "/etc/p3scan/p3scan.conf"
 
@@ -38,6 +39,8 @@ class Option:
     cli_only: bool = False
     path: bool = False
     unset: str = ""  # what an unset option (default None) means, for --check-config
+    section: str = ""  # where it belongs: network, process, scanning, ... (from the table)
+    restart: bool = False  # a reload cannot change it; the old value stays until a restart
 
     @property
     def is_flag(self) -> bool:
@@ -64,12 +67,12 @@ def _spec_literal(value: Any) -> str:
 
 
 _O = Option
-OPTIONS: tuple[Option, ...] = (
-    # --- where to listen and where to connect --------------------------------------------
+_TABLE: tuple[Option | str, ...] = (  # a string starts a section
+    "network",  # --- where to listen and where to connect -------------------------
     _O("ip", "i", "ipaddr", "0.0.0.0", "address to listen on; :: listens on IPv6 and IPv4",
-      "ADDR"),
+      "ADDR", restart=True),
     _O("port", "p", "port", 8110, "port to listen on (iptables redirects mail traffic here)",
-      "PORT"),
+      "PORT", restart=True),
     _O("targetip", "I", "ipaddr", "0.0.0.0",
       "fixed upstream server; 0.0.0.0 means transparent mode (original destination)", "ADDR"),
     _O("targetport", "P", "port", 8110, "upstream port when targetip is set", "PORT"),
@@ -86,13 +89,16 @@ OPTIONS: tuple[Option, ...] = (
       "CA certificates for sslverify (default: the system store)", "FILE", new=True, path=True),
     _O("maxchilds", "m", "count(1, 9999)", 10, "number of worker processes (concurrent sessions)",
       "N"),
-    # --- process ---------------------------------------------------------------------------
-    _O("user", "u", "word", "mail", "user to run as when started as root (name or uid)", "USER"),
-    _O("pidfile", "l", "path", "/var/run/p3scan/p3scan.pid", "PID file", "FILE", path=True),
-    _O("debug", "d", "flag", False, "stay in the foreground, log to stderr, log debug lines"),
+    "process",  # --- process ------------------------------------------------------
+    _O("user", "u", "word", "mail", "user to run as when started as root (name or uid)", "USER",
+       restart=True),
+    _O("pidfile", "l", "path", "/var/run/p3scan/p3scan.pid", "PID file", "FILE", path=True,
+       restart=True),
+    _O("debug", "d", "flag", False, "stay in the foreground, log to stderr, log debug lines",
+       restart=True),
     _O("quiet", "q", "flag", False, "log only warnings and errors (no per-session notices)"),
     _O("foreground", None, "flag", False, "do not detach; log to stderr as well as syslog",
-      new=True),
+      new=True, restart=True),
     _O("facility", None, "facility", "daemon", "syslog facility", "NAME", new=True),
     _O("syslogsocket", None, "path", "/dev/log", "syslog socket", "PATH", new=True, path=True),
     _O("idletimeout", None, "count(1, 86400)", 300,
@@ -104,8 +110,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("maxsessions", None, "count(0, 10000000)", 1000,
       "a worker retires after about this many sessions (0: never)", "N", new=True),
     _O("backlog", None, "count(1, 65535)", 128,
-      "listen backlog: connections waiting while every worker is busy", "N", new=True),
-    # --- scanning --------------------------------------------------------------------------
+      "listen backlog: connections waiting while every worker is busy", "N", new=True,
+      restart=True),
+    "scanning",  # --- scanning ----------------------------------------------------
     _O("scannertype", "T", "scannertype", "basic", "scanner front-end", "TYPE"),
     _O("scanner", "s", "text", None,
       "scanner command, clamd host:port or socket path, or daemon socket directory", "SPEC"),
@@ -138,7 +145,7 @@ OPTIONS: tuple[Option, ...] = (
     _O("notifydir", "n", "path", "/var/spool/p3scan/notify",
       "directory where notifications are built", "DIR", path=True),
     _O("justdelete", "j", "flag", False, "do not keep a quarantine copy of infected mail"),
-    # --- notification ----------------------------------------------------------------------
+    "notification",  # --- notification --------------------------------------------
     _O("template", "t", "path", "/etc/p3scan/p3scan.mail", "virus notification template", "FILE",
       path=True),
     _O("subject", "S", "text", "[Virus] found in a mail to you:",
@@ -154,7 +161,7 @@ OPTIONS: tuple[Option, ...] = (
       "CMD"),
     _O("emergcon", "K", "text", "root@localhost postmaster@localhost",
       "addresses for emergency notifications", "ADDRS"),
-    # --- SMTP ------------------------------------------------------------------------------
+    "smtp",  # --- SMTP ------------------------------------------------------------
     _O("smtprset", "R", "text", "Virus detected! P3scan rejected message!",
       "text of the 554 reply to an infected outgoing message", "TEXT"),
     _O("checksize", "C", "count(0)", 0,
@@ -163,20 +170,32 @@ OPTIONS: tuple[Option, ...] = (
        "text appended to clean outgoing SMTP mail, if the file exists", "FILE", new=True,
        path=True),
     _O("footer", "F", "command", None, "command whose output names the scanner version", "CMD"),
-    # --- filters ---------------------------------------------------------------------------
+    "filters",  # --- filters ------------------------------------------------------
     _O("checkspam", "k", "flag", False, "run the spam filter on clean POP3 mail"),
     _O("spamcheck", "z", "command", "/usr/bin/spamc", "spam filter command", "CMD"),
     _O("ispspam", "M", "text", None, "a Subject containing this text skips the spam filter",
       "TEXT"),
     _O("renattach", "a", "command", None, "attachment renaming filter command", "CMD"),
     _O("overwrite", "o", "command", None, "HTML filter command", "CMD"),
-    # --- command line only -----------------------------------------------------------------
+    "command line",  # --- command line only ---------------------------------------
     _O("configfile", "f", "path", DEFAULT_CONFIGFILE, "configuration file", "FILE",
       cli_only=True),
 )
 del _O
+def _sectioned(table: tuple[Option | str, ...]) -> tuple[Option, ...]:
+    """The options, each with the section it stands in."""
+    options, section = [], ""
+    for entry in table:
+        if isinstance(entry, str):
+            section = entry
+        else:
+            options.append(replace(entry, section=section))
+    return tuple(options)
 
+
+OPTIONS: tuple[Option, ...] = _sectioned(_TABLE)
 BY_KEY: dict[str, Option] = {opt.key: opt for opt in OPTIONS}
+RESTART_ONLY: tuple[str, ...] = tuple(opt.key for opt in OPTIONS if opt.restart)
 FILE_KEYS: tuple[str, ...] = tuple(opt.key for opt in OPTIONS if not opt.cli_only)
 NOT_IN_FILE = ("help", "version", "configfile", "check-config")
 
@@ -189,38 +208,31 @@ class ConfigError(Exception):
         self.lines = list(lines)
 
 
-class Config:
-    """The effective configuration: typed values, and where each one came from."""
+@dataclass(frozen=True)
+class Config(Settings):
+    """The effective configuration: the typed values of :class:`Settings`, and where each
+    one came from.  Frozen: a reload builds a new one."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str], argv: Sequence[str]):
-        self._values = values
-        self.sources = sources
-        self.argv = list(argv)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    argv: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def get(self, name: str) -> Any:
-        return self._values[name]
+        return getattr(self, name)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        return {item.name: getattr(self, item.name) for item in fields(Settings)}
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some values changed (used by tests and by the worker)."""
-        values = {**self._values, **changes}
-        return Config(values, dict(self.sources), self.argv)
+        """A copy with some values changed (used by tests and by a reload)."""
+        return replace(self, **changes)
 
     def render(self) -> str:
         """The effective configuration in p3scan.conf syntax, each line with its source."""
         lines = [f"# effective configuration of {PROGNAME} {__version__}",
                  "# (values without a 'from' line are defaults)"]
-        lines.append(f"# read from {self._values['configfile']}")
+        lines.append(f"# read from {self.configfile}")
         for opt in OPTIONS:
-            value = self._values[opt.key]
+            value = getattr(self, opt.key)
             if opt.cli_only:
                 continue
             if opt.key in self.sources:
@@ -355,7 +367,7 @@ def load(argv: Sequence[str], *, cwd: str | None = None) -> Config:
     errors.extend(_cross_checks(values, sources))
     if errors:
         raise ConfigError(errors)
-    return Config(values, sources, argv)
+    return Config(**values, sources=sources, argv=tuple(argv))
 
 
 _BAD = object()
@@ -456,3 +468,33 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str]) -> Iterable[s
     if kind == "clamd" and scanner and not checks.clamd_address_ok(scanner):
         yield (f"{sources.get('scanner', 'default')}: scanner = {scanner}: expected clamd's "
                "host:port ([v6addr]:port) or the path of its socket")
+
+
+# --- the typed settings -------------------------------------------------------------------
+
+PYTHON_TYPES = {"flag": "bool", "count": "int", "port": "int", "codes": "list[int]",
+                "ports": "list[int]"}  # every other check gives a str
+
+
+def python_type(opt: Option) -> str:
+    """The type of an option's value, as :mod:`p3scan.settings` declares it."""
+    kind = PYTHON_TYPES.get(opt.check.partition("(")[0], "str")
+    return f"{kind} | None" if opt.default is None else kind
+
+
+def settings_source() -> str:
+    """The text of p3scan/settings.py, generated from :data:`OPTIONS`."""
+    lines = ['"""The typed settings, generated from the option table (p3scan/config.py) by',
+             "``python -m p3scan.config``: do not edit; a unit test checks it is current.",
+             '"""', "", "from __future__ import annotations", "",
+             "from dataclasses import dataclass", "", "",
+             "@dataclass(frozen=True)", "class Settings:",
+             '    """Every option of p3scan, typed."""', ""]
+    for opt in OPTIONS:
+        lines.append(f"    {opt.key}: {python_type(opt)}  # {opt.section}")
+    lines.append("    check_config: bool  # command line")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_source())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 from p3scan import pop3, smtp, tls
 from p3scan.destination import (
@@ -24,6 +23,7 @@ from p3scan.log import LOG
 from p3scan.protocols import BY_NAME, POP3, TlsMode
 from p3scan.scanning import Scanning
 from p3scan.session import Session, SessionInfo
+from p3scan.settings import Settings
 from p3scan.stream import Stream, StreamError
 
 SESSIONS: dict[str, type[Session]] = {
@@ -40,7 +40,7 @@ def free_kbytes(path: str) -> int:
     return stat.f_bavail * stat.f_frsize // 1024
 
 
-def serve(conn: socket.socket, cfg: Any, scanning: Scanning) -> SessionInfo | None:
+def serve(conn: socket.socket, cfg: Settings, scanning: Scanning) -> SessionInfo | None:
     """Handle one client connection from accept to close; return what was logged."""
     peer = conn.getpeername()
     client = Stream(conn, "client", cfg.idletimeout)
@@ -79,7 +79,7 @@ def _resolved(route: Route) -> str:
     return f" ({', '.join(route.addresses)})"
 
 
-def _route(conn: socket.socket, client: Stream, cfg: Any) -> Route | None:
+def _route(conn: socket.socket, client: Stream, cfg: Settings) -> Route | None:
     """Where the connection goes: named by the client (POP3's useurl, which asks for it in
     its own dialogue), else by netfilter or ``targetip``."""
     try:
@@ -92,7 +92,7 @@ def _route(conn: socket.socket, client: Stream, cfg: Any) -> Route | None:
         return None
 
 
-def _enough_space(client: Stream, route: Route, cfg: Any) -> bool:
+def _enough_space(client: Stream, route: Route, cfg: Settings) -> bool:
     if not cfg.bytesfree:
         return True
     available = free_kbytes(cfg.virusdir)
@@ -103,7 +103,7 @@ def _enough_space(client: Stream, route: Route, cfg: Any) -> bool:
     return False
 
 
-def _connect(client: Stream, route: Route, cfg: Any) -> Stream | None:
+def _connect(client: Stream, route: Route, cfg: Settings) -> Stream | None:
     try:
         sock = connect(route, cfg.connecttimeout)
         if route.server_tls is TlsMode.IMPLICIT:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p3scan.protocols import POP3, TlsMode, spot
+from p3scan.settings import Settings
 
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
@@ -87,7 +88,7 @@ def unmap(host: str) -> str:
     return str(mapped) if mapped else host
 
 
-def port_route(host: str, port: int, mode: str, cfg: Any) -> Route:
+def port_route(host: str, port: int, mode: str, cfg: Settings) -> Route:
     """A route whose protocol and server-side TLS follow from the server's port."""
     protocol, server_tls = spot(port, cfg)
     return Route(protocol.name, host, port, mode, server_tls=server_tls)
@@ -110,7 +111,7 @@ def original_destination(conn: socket.socket) -> tuple[str, int] | None:
         raise
 
 
-def transparent_route(conn: socket.socket, cfg: Any) -> Route:
+def transparent_route(conn: socket.socket, cfg: Settings) -> Route:
     """Route to the original destination; refuse connections that were not redirected."""
     original = original_destination(conn)
     local = conn.getsockname()
@@ -121,16 +122,16 @@ def transparent_route(conn: socket.socket, cfg: Any) -> Route:
     return port_route(unmap(original[0]), original[1], "transparent", cfg)
 
 
-def target_route(cfg: Any) -> Route:
+def target_route(cfg: Settings) -> Route:
     """The fixed ``targetip:targetport`` route."""
     return port_route(cfg.targetip, cfg.targetport, "target", cfg)
 
 
-def is_transparent(cfg: Any) -> bool:
+def is_transparent(cfg: Settings) -> bool:
     return not cfg.useurl and cfg.targetip in ("0.0.0.0", "::")
 
 
-def route_for(conn: socket.socket, cfg: Any) -> Route:
+def route_for(conn: socket.socket, cfg: Settings) -> Route:
     """The route of a connection whose client does not name its server (not useurl)."""
     return transparent_route(conn, cfg) if is_transparent(cfg) else target_route(cfg)
 
@@ -280,7 +281,7 @@ def is_local_address(address: str) -> bool:
     return ipaddress.ip_address(unmap(source)) == ip
 
 
-def check_not_self(host: str, addresses: tuple[str, ...], port: int, cfg: Any) -> None:
+def check_not_self(host: str, addresses: tuple[str, ...], port: int, cfg: Settings) -> None:
     """Refuse a destination that is p3scan's own listener (its port on a local address)."""
     if port != cfg.port:
         return
@@ -290,7 +291,7 @@ def check_not_self(host: str, addresses: tuple[str, ...], port: int, cfg: Any) -
             raise NoDestination(f"{shown} is p3scan itself, that would loop")
 
 
-def useurl_route(argument: str, cfg: Any) -> Route:
+def useurl_route(argument: str, cfg: Settings) -> Route:
     """Route for a useurl USER argument: POP3, with implicit TLS to the server if the
     port is ``sslport``.
 

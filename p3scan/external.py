@@ -119,7 +119,8 @@ def run_program(argv: list[str], deadline: float,
         _kill_group(proc)
         raise
     finally:
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
     return proc.returncode, output
 
 
@@ -127,6 +128,7 @@ def _collect(proc: subprocess.Popen, program: str, deadline: float) -> bytes:
     """The program's output, read while it runs: until end of file, or until it has exited
     and its pipe stays quiet (a background child may hold the pipe open)."""
     output = bytearray()
+    assert proc.stdout is not None  # Popen was given stdout=PIPE
     fd = proc.stdout.fileno()
     while True:
         wait = min(_time_left(deadline, program), EXIT_POLL)

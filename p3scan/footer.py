@@ -18,9 +18,9 @@ multipart (including multipart/signed), encoded and non-text messages are left a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from p3scan import PROGNAME, __version__, notify
+from p3scan.settings import Settings
 from p3scan.spool import Spool
 
 STARS = b"**********"
@@ -46,7 +46,7 @@ def _contains(spool: Spool, needle: bytes) -> bool:
     return False
 
 
-def block(cfg: Any, spool: Spool, values: dict[str, str | None],
+def block(cfg: Settings, spool: Spool, values: dict[str, str | None],
           vdinfo_lines: list[bytes]) -> bytes:
     """The footer block for this message, or b"" when there is none or it does not apply."""
     try:

@@ -12,7 +12,9 @@ import logging
 import socket
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
+
+from p3scan.settings import Settings
 
 LOG = logging.getLogger("p3scan")
 IDENT = "p3scan"
@@ -128,7 +130,7 @@ def close_handlers() -> None:
         handler.close()
 
 
-def setup(cfg: Any, *, stderr: bool, stream: TextIO | None = None) -> list[str]:
+def setup(cfg: Settings, *, stderr: bool, stream: TextIO | None = None) -> list[str]:
     """(Re)configure the ``p3scan`` logger; return warnings worth telling the operator."""
     warnings: list[str] = []
     close_handlers()

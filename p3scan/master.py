@@ -52,6 +52,7 @@ from p3scan import (
     spooldirs,
 )
 from p3scan.log import LOG
+from p3scan.settings import Settings
 from p3scan.status import FrameDecoder, FrameError, Heartbeat, WorkerStatus
 from p3scan.worker import BOOT_ERROR, Worker, heartbeat_timeout
 
@@ -60,7 +61,6 @@ BUSY_LOG_INTERVAL = 60.0
 MAX_EARLY_DEATHS = 5
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0  # seconds between attempts to boot a worker
 MISSING_LOG_INTERVAL = 60.0
-RESTART_ONLY = ("ip", "port", "backlog", "user", "pidfile", "debug", "foreground")
 
 
 class StartupError(Exception):
@@ -90,7 +90,7 @@ def backoff_delay(failures: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 16))
 
 
-def bind(cfg: Any) -> list[socket.socket]:
+def bind(cfg: Settings) -> list[socket.socket]:
     """The listening socket on ``ip:port``; ``::`` accepts IPv6 and IPv4."""
     family = socket.AF_INET6 if ":" in cfg.ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -111,7 +111,7 @@ def bind(cfg: Any) -> list[socket.socket]:
 class Master:
     """Owns the listening socket, the PID file and the workers."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: config.Config):
         self.cfg = cfg
         self.cwd = os.getcwd()
         self.as_root = os.geteuid() == 0
@@ -541,17 +541,17 @@ class Master:
         self.spawn_workers()
         LOG.info("Configuration reloaded; workers replaced")
 
-    def _keep_restart_only(self, new: Any) -> Any:
+    def _keep_restart_only(self, new: config.Config) -> config.Config:
         kept = {}
-        for key in RESTART_ONLY:
-            if new.get(key) != self.cfg.get(key):
+        for key in config.RESTART_ONLY:
+            if getattr(new, key) != getattr(self.cfg, key):
                 LOG.warning("reload: %s changed from %s to %s; that needs a restart",
-                            key, self.cfg.get(key), new.get(key))
-                kept[key] = self.cfg.get(key)
+                            key, getattr(self.cfg, key), getattr(new, key))
+                kept[key] = getattr(self.cfg, key)
         return new.replace(**kept) if kept else new
 
 
-def _listen_text(cfg: Any) -> str:
+def _listen_text(cfg: Settings) -> str:
     return f"[{cfg.ip}]:{cfg.port}" if ":" in cfg.ip else f"{cfg.ip}:{cfg.port}"
 
 

@@ -144,8 +144,8 @@ class _Splitter:
     def _piece(self) -> tuple[bytes, bool]:
         """The next line, or piece of a long line, and whether it starts a line."""
         if self.pushed is not None:
-            piece, self.pushed = self.pushed, None
-            return piece
+            pushed, self.pushed = self.pushed, None
+            return pushed
         starts = self.line_start
         piece = self._raw_piece()
         self.line_start = piece.endswith((b"\n", b"\r")) if not self.crlf_only else \

@@ -15,10 +15,10 @@ import re
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from p3scan import PROGNAME, __version__
 from p3scan.log import LOG
+from p3scan.settings import Settings
 
 MAX_TEMPLATE = 1024 * 1024
 MAX_VALUE = 256
@@ -101,7 +101,7 @@ def read_template(path: str) -> bytes:
         return FALLBACK_TEMPLATE
 
 
-def notification(template: bytes, values: Mapping[str, str | None], cfg: Any,
+def notification(template: bytes, values: Mapping[str, str | None], cfg: Settings,
                  original: Mapping[str, str | None], *, add_subject: bool) -> bytes:
     """The complete notification message that takes the infected message's place.
 

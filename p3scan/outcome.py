@@ -8,11 +8,11 @@ pure: no sockets, no files, so every combination is tested on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from p3scan import __version__
 from p3scan.notify import clean_value
 from p3scan.pipeline import CLEAN, INFECTED, UNCHECKED, Verdict
+from p3scan.settings import Settings
 
 CLEAN_HEADER = {
     "POP3": f"X-P3Scan: Version {__version__} by <laitcg@cox.net>/<folke@ashberg.de>",
@@ -31,7 +31,7 @@ class Policy:
     smtprset: str = "Virus detected! P3scan rejected message!"
 
     @classmethod
-    def from_config(cls, cfg: Any, protocol: str) -> Policy:
+    def from_config(cls, cfg: Settings, protocol: str) -> Policy:
         return cls("SMTP" if protocol == "SMTP" else "POP3", cfg.scanerror, cfg.unchecked,
                    cfg.smtprset)
 

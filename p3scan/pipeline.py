@@ -16,11 +16,12 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from p3scan import mimesplit
 from p3scan.log import LOG
 from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
+from p3scan.settings import Settings
 from p3scan.spool import Spool
 
 CLEAN, INFECTED, ERROR, UNCHECKED = "clean", "infected", "error", "unchecked"
@@ -160,7 +161,7 @@ class VirusStep:
 class Pipeline:
     """The steps for one kind of session, built once per worker."""
 
-    def __init__(self, cfg: Any, scanner: Scanner):
+    def __init__(self, cfg: Settings, scanner: Scanner):
         self.cfg = cfg
         self.scanner = scanner
         self.steps: list[Step] = [VirusStep(scanner, cfg.demime)]
@@ -214,7 +215,7 @@ class Running:
         return self.job.deadline + WAIT_GRACE - time.monotonic()
 
 
-def footer_lines(cfg: Any) -> list[bytes]:
+def footer_lines(cfg: Settings) -> list[bytes]:
     """The non-empty output lines of the ``footer`` command (the scanner's version text)."""
     if not cfg.footer:
         return []
@@ -228,14 +229,14 @@ def footer_lines(cfg: Any) -> list[bytes]:
     return [line for line in lines if line][:20]
 
 
-def scanner_info(cfg: Any, scanner: Scanner, lines: list[bytes]) -> str | None:
+def scanner_info(cfg: Settings, scanner: Scanner, lines: list[bytes]) -> str | None:
     """%VDINFO%: the ``footer`` command's output, else what the scanner says of itself."""
     if lines:
         return b" ".join(lines).decode("utf-8", "replace")[:512]
     return None if cfg.footer else scanner.version()
 
 
-def unsupported_options(cfg: Any) -> list[str]:
+def unsupported_options(cfg: Settings) -> list[str]:
     """Options (of later steps, and extra) that are set but not available yet."""
     return [f"{key} is set, but {what} is not available in this version; it is ignored"
-            for key, what in LATER_STEPS.items() if cfg.get(key)]
+            for key, what in LATER_STEPS.items() if getattr(cfg, key)]

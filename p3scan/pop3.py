@@ -8,12 +8,13 @@ CAPA: the proxy cannot relay a TLS handshake as text (spec §6.1, §14 S7).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from p3scan.destination import NoDestination, Route, useurl_route
 from p3scan.log import LOG
 from p3scan.pop3msg import Retrieval
 from p3scan.session import Session, SessionInfo, sasl_plain_user, split_command
+from p3scan.settings import Settings
 from p3scan.stream import MAX_LINE, LineTooLong, Stream, copy_block
 
 BLOCK_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})
@@ -48,7 +49,7 @@ class Pop3Session(Session):
     def failure_reply(self, text: str) -> bytes:
         return f"-ERR [SYS/TEMP] p3scan: {text}\r\n".encode("utf-8", "replace")
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+    def __init__(self, client: Stream, server: Stream, cfg: Settings, info: SessionInfo,
                  scanning: Scanning):
         super().__init__(client, server, cfg, info, scanning)
         self.verbs = {
@@ -166,13 +167,13 @@ class Pop3Session(Session):
         self.done = True
 
 
-def client_route(client: Stream, cfg: Any) -> Route | None:
+def client_route(client: Stream, cfg: Settings) -> Route | None:
     """POP3's entry point when the client names its server (useurl): p3scan greets it
     itself and reads the server from its USER; None if the client gives up."""
     return useurl_handshake(client, cfg)
 
 
-def useurl_capabilities(cfg: Any) -> bytes:
+def useurl_capabilities(cfg: Settings) -> bytes:
     """The answer to a CAPA before USER in useurl mode, when there is no server to ask yet.
 
     fetchmail and poplib ask before they log in; what is listed works through the proxy.
@@ -182,7 +183,7 @@ def useurl_capabilities(cfg: Any) -> bytes:
     return f"+OK Capability list follows\r\n{lines}.\r\n".encode()
 
 
-def useurl_handshake(client: Stream, cfg: Any) -> Route | None:
+def useurl_handshake(client: Stream, cfg: Settings) -> Route | None:
     """Greet the client and wait for ``USER name#host:port``; None if it gives up.
 
     Until then CAPA gets the proxy's own list, QUIT ends, and every other command gets

@@ -28,7 +28,7 @@ from p3scan.pipeline import ERROR, Verdict
 from p3scan.scanning import QuarantineError
 from p3scan.session import AbortSession, IdleTimeout
 from p3scan.spool import Intake, Spool
-from p3scan.stream import PeerClosed, wait_readable
+from p3scan.stream import PeerClosed, receive_block, wait_readable
 
 if TYPE_CHECKING:
     from p3scan.pop3 import Pop3Session
@@ -58,6 +58,7 @@ class Retrieval:
         self.status = status
         self.number = number
         self.keepalive = KeepAlive(self.client, self.server, self.cfg.timeout, self.cfg.broken)
+        self.last_data = 0.0  # when the server last sent part of the message
 
     def run(self) -> None:
         spool = self.scanning.spool()
@@ -89,23 +90,25 @@ class Retrieval:
     def _download(self, spool: Spool) -> Verdict | None:
         """Stream the reply into the spool; a verdict only if the spool filled up."""
         intake = Intake(spool)
-        last_data = time.monotonic()
-        while not intake.done:
-            heartbeat.beat(self.session.info, self.number)
-            if not self.server.buffered:
-                wait = min(self.keepalive.due_in(), self.cfg.idletimeout)
-                if not wait_readable([self.server], wait):
-                    if time.monotonic() - last_data >= self.cfg.idletimeout:
-                        raise IdleTimeout()
-                    self.keepalive.tick_if_due(scanning=False)
-                    continue
-                if not self.server.fill():
-                    raise PeerClosed(self.server.name, "closed the connection")
-                last_data = time.monotonic()
-            intake.feed(self.server.take())
-            self.keepalive.tick_if_due(scanning=False)
-        self.server.unread(intake.finish())
+        self.last_data = time.monotonic()
+        receive_block(self.server, intake, beat=self._beat, wait=self._await_server,
+                      after_feed=lambda: self.keepalive.tick_if_due(scanning=False))
         return Verdict.spool_failed(intake.problem) if intake.problem else None
+
+    def _await_server(self) -> bool:
+        """Wait for the server until the next keep-alive tick: True once it has sent
+        something, else tick (and give up after ``idletimeout`` of silence)."""
+        wait = min(self.keepalive.due_in(), self.cfg.idletimeout)
+        if wait_readable([self.server], wait):
+            self.last_data = time.monotonic()
+            return True
+        if time.monotonic() - self.last_data >= self.cfg.idletimeout:
+            raise IdleTimeout()
+        self.keepalive.tick_if_due(scanning=False)
+        return False
+
+    def _beat(self) -> None:
+        heartbeat.beat(self.session.info, self.number)
 
     # --- scan -------------------------------------------------------------------------------
 
@@ -149,14 +152,17 @@ class Retrieval:
                           .encode("utf-8", "replace"))
 
     def _deliver(self, spool: Spool, header: bytes) -> None:
-        """The spooled message with ``header`` inserted at the end of its header block."""
+        """The spooled message with ``header`` inserted at the end of its header block.
+        The server counted the message as it came in (``original_size``): its count
+        changes by what p3scan inserted or rewrote."""
         direct = spool.wire_parts(header)
         if direct is None:
             size, chunks = spool.with_header(header)
-            self._send(status_with_size(self.status, added=size - spool.size), size, chunks)
+            added = size - spool.original_size
+            self._send(status_with_size(self.status, added=added), size, chunks)
             return
         size, parts = direct  # no dot lines: the file is its own wire form
-        status = status_with_size(self.status, added=size - spool.size)
+        status = status_with_size(self.status, added=size - spool.original_size)
         if self.keepalive.started:
             self.keepalive.end_line()
             status = b""

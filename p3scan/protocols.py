@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+
+from p3scan.settings import Settings
 
 
 class TlsMode(enum.Enum):
@@ -32,7 +33,7 @@ class Protocol:
     tls_port_option: str | None = None  # the option that names its implicit-TLS port
     failure: str = "-ERR [SYS/TEMP] p3scan: {}\r\n"  # a temporary error before the session
 
-    def spots(self, port: int, cfg: Any) -> TlsMode | None:
+    def spots(self, port: int, cfg: Settings) -> TlsMode | None:
         """How the server leg runs if ``port`` marks this protocol; None if it does not.
         The TLS port is checked first, as 2.3.2 checked ``sslport`` before the default."""
         if port in self._ports(cfg, self.tls_port_option, self.tls_ports):
@@ -45,7 +46,7 @@ class Protocol:
         return self.failure.format(text).encode("utf-8", "replace")
 
     @staticmethod
-    def _ports(cfg: Any, option: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    def _ports(cfg: Settings, option: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
         return (getattr(cfg, option),) if option else default
 
 
@@ -57,7 +58,7 @@ FALLBACK = POP3  # a port no protocol claims is POP3, as in 2.3.2
 BY_NAME = {protocol.name: protocol for protocol in PROTOCOLS}
 
 
-def spot(port: int, cfg: Any) -> tuple[Protocol, TlsMode]:
+def spot(port: int, cfg: Settings) -> tuple[Protocol, TlsMode]:
     """The protocol that a connection to ``port`` speaks, and how its server leg runs."""
     for protocol in PROTOCOLS:
         mode = protocol.spots(port, cfg)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any
 
 from p3scan import notify, quarantine, scanners
 from p3scan.context import MessageContext
 from p3scan.log import LOG
 from p3scan.outcome import CLEAN_HEADER
 from p3scan.pipeline import ERROR, Job, Pipeline, Running, Verdict, footer_lines, scanner_info
+from p3scan.settings import Settings
 from p3scan.spool import Spool
 
 __all__ = ["CLEAN_HEADER", "QuarantineError", "Scanning"]
@@ -29,7 +29,7 @@ class QuarantineError(Exception):
 class Scanning:
     """Spool, scan, quarantine and notify, for the sessions of one worker."""
 
-    def __init__(self, cfg: Any, workdir: str):
+    def __init__(self, cfg: Settings, workdir: str):
         self.cfg = cfg
         self.workdir = workdir
         self.scanner = scanners.create(cfg)

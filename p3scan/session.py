@@ -21,12 +21,13 @@ import binascii
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from p3scan import heartbeat
 from p3scan.context import Envelope, MessageContext
 from p3scan.destination import Route
 from p3scan.log import LOG
+from p3scan.settings import Settings
 from p3scan.stream import (
     MAX_LINE,
     LineTooLong,
@@ -108,7 +109,7 @@ class Session:
         """A temporary error in the client's protocol (``-ERR [SYS/TEMP]`` or ``4xx``)."""
         raise NotImplementedError
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+    def __init__(self, client: Stream, server: Stream, cfg: Settings, info: SessionInfo,
                  scanning: Scanning):
         self.client = client
         self.server = server

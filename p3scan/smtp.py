@@ -8,10 +8,11 @@ pipelining client is simply queued.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from p3scan.log import LOG
 from p3scan.session import ProtocolViolation, Session, SessionInfo, sasl_plain_user
+from p3scan.settings import Settings
 from p3scan.smtpmsg import Envelope, Submission, parse_address
 from p3scan.stream import LineTooLong, PeerClosed, Stream, copy_block
 
@@ -60,7 +61,7 @@ class SmtpSession(Session):
     def failure_reply(self, text: str) -> bytes:
         return f"421 4.4.2 p3scan: {text}\r\n".encode("utf-8", "replace")
 
-    def __init__(self, client: Stream, server: Stream, cfg: Any, info: SessionInfo,
+    def __init__(self, client: Stream, server: Stream, cfg: Settings, info: SessionInfo,
                  scanning: Scanning):
         super().__init__(client, server, cfg, info, scanning)
         self.envelope = Envelope()
@@ -89,7 +90,11 @@ class SmtpSession(Session):
     def greet(self) -> None:
         self.client.write(b"".join(self.read_reply()))
 
-    def relay_command(self, line: bytes, verb: str, arg: str) -> list[bytes]:
+    def relay_command(self, line: bytes, verb: str, arg: str) -> None:
+        """Forward one command and relay its reply."""
+        self.relay(line)
+
+    def relay(self, line: bytes) -> list[bytes]:
         """Forward one command; relay its reply, which is returned too."""
         self.forward(line)
         reply = self.read_reply()
@@ -119,16 +124,16 @@ class SmtpSession(Session):
         self.client.write(b"".join(reply))
 
     def do_helo(self, line: bytes, verb: str, arg: str) -> None:
-        if reply_code(self.relay_command(line, verb, arg)) == 250:
+        if reply_code(self.relay(line)) == 250:
             self.envelope.helo = arg or None
             self.envelope.reset()
 
     def do_mail(self, line: bytes, verb: str, arg: str) -> None:
-        if reply_code(self.relay_command(line, verb, arg)) == 250:
+        if reply_code(self.relay(line)) == 250:
             self.envelope.record_mail(arg)
 
     def do_rcpt(self, line: bytes, verb: str, arg: str) -> None:
-        if reply_code(self.relay_command(line, verb, arg)) in (250, 251):
+        if reply_code(self.relay(line)) in (250, 251):
             self.envelope.rcpt_to.append(parse_address(arg, "TO:"))
 
     def do_rset(self, line: bytes, verb: str, arg: str) -> None:

@@ -23,7 +23,7 @@ from p3scan.outcome import Deliver, Outcome, Policy, Refuse, Tempfail, decide
 from p3scan.pipeline import CLEAN, Verdict
 from p3scan.scanning import QuarantineError
 from p3scan.spool import Intake, Spool
-from p3scan.stream import PeerClosed
+from p3scan.stream import PeerClosed, receive_block
 
 if TYPE_CHECKING:
     from p3scan.smtp import SmtpSession
@@ -88,12 +88,9 @@ class Submission:
         """Spool the client's data up to its final ``.``; a verdict if the spool filled.
         (Reads wait at most ``idletimeout``: the socket's timeout.)"""
         intake = Intake(spool)
-        while not intake.done:
-            heartbeat.beat(self.session.info, self.number)
-            if not self.client.buffered and not self.client.fill():
-                raise PeerClosed(self.client.name, "closed the connection during DATA")
-            intake.feed(self.client.take())
-        self.client.unread(intake.finish())
+        receive_block(self.client, intake,
+                      beat=lambda: heartbeat.beat(self.session.info, self.number),
+                      closed="closed the connection during DATA")
         return Verdict.spool_failed(intake.problem) if intake.problem else None
 
     # --- the answer -----------------------------------------------------------------------

@@ -9,6 +9,15 @@ Free space (``bytesfree``) is checked before a message starts and at least every
 :data:`SPACE_CHECK_EVERY` bytes; a check that fails, or a write that fails (ENOSPC), makes
 the spool *incomplete*: it accepts no more data and refuses to hand out what it holds, so a
 truncated message can never pass for a whole one.
+
+A later step may replace the message (spam headers, attachment renaming, HTML defanging):
+:meth:`Spool.rewrite` streams the new content into a new file in the same directory through
+the same :meth:`Spool.write` that took the original in, so the facts (header end, kept
+header, size, line end, dot lines) are computed by the one code path that computes them for
+every message; the Spool object then takes over that file and its facts, and the old file
+goes.  The object stays the same (a :class:`~p3scan.context.MessageContext` holds it), and a
+rewrite that fails leaves the previous content untouched.  ``original_size`` keeps what the
+sender's (or server's) message measured, which POP3's octet count is relative to.
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ import email.policy
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from email.message import Message
 
-from p3scan.codec import DotDecoder
+from p3scan.codec import Decoder, DotDecoder, DotLines
 from p3scan.log import LOG
 
 HEADER_CAP = 256 * 1024
@@ -64,6 +73,13 @@ class Spool:
         self._tail = b"\n"  # the message starts at a line start
         self._headers: Message | None = None
         self._next_space_check = 0
+        self._original_size: int | None = None  # set by the first rewrite
+
+    @property
+    def original_size(self) -> int:
+        """The size of the message as it came in, before any rewrite: POP3 corrects the
+        server's octet count by what p3scan changed relative to this."""
+        return self.size if self._original_size is None else self._original_size
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -150,6 +166,37 @@ class Spool:
             finally:
                 os.close(fd)
 
+    # --- rewriting --------------------------------------------------------------------------
+
+    def rewrite(self, transform: Callable[[Iterator[bytes]], Iterable[bytes]]) -> None:
+        """Replace the message by ``transform(its chunks)``, written to a new file in the same
+        directory; all facts are recomputed except ``original_size``.  On any error (a full
+        disk, the transform failing) the new file goes and the message stays as it was."""
+        self._must_be_complete()
+        self.close()
+        new = Spool(self.directory, min_free_kb=self.min_free_kb)
+        source = self._chunks(0, self.size)
+        try:
+            new.dotless = not _write_all(new, transform(source))
+        except BaseException:
+            new.remove()
+            raise
+        finally:
+            source.close()
+        self._adopt(new)
+
+    def _adopt(self, new: Spool) -> None:
+        """Take over ``new``'s file and facts; the previous file is removed."""
+        old_path, self._original_size = self.path, self.original_size
+        self.path, self.file, self.size = new.path, new.file, new.size
+        self.header_end, self.header_eol, self.header = (new.header_end, new.header_eol,
+                                                         new.header)
+        self.dotless, self.ends_line, self._headers = new.dotless, new.ends_line, None
+        try:
+            os.unlink(old_path)
+        except FileNotFoundError:
+            pass
+
     def remove(self) -> None:
         self.pending.clear()  # never raises: it runs in finally clauses
         if not self.file.closed:
@@ -170,7 +217,7 @@ class Spool:
         self._must_be_complete()
         return self._chunks(start, self.size if end is None else end)
 
-    def _chunks(self, start: int, end: int) -> Iterator[bytes]:
+    def _chunks(self, start: int, end: int) -> Generator[bytes, None, None]:
         with open(self.path, "rb") as handle:
             handle.seek(start)
             remaining = end - start
@@ -212,16 +259,18 @@ class Spool:
 
 
 class Intake:
-    """Decode a dot-terminated block (a RETR reply, SMTP DATA) into a spool as it streams in.
+    """Decode a block (a RETR reply, SMTP DATA: dot-terminated by default; any
+    :class:`~p3scan.codec.Decoder`) into a spool as it streams in.
 
     Free space is checked before the first byte.  Running out of space (below ``bytesfree``,
-    or a write failing with ENOSPC) does not stop the reading, which must go on to the final
-    ``.`` to keep the protocol in step; the problem is remembered (``problem``) and turns
-    into a scan failure, and the incomplete spool is never delivered."""
+    or a write failing with ENOSPC) does not stop the reading, which must go on to the end
+    of the block (the final ``.``) to keep the protocol in step; the problem is remembered
+    (``problem``) and turns into a scan failure, and the incomplete spool is never
+    delivered."""
 
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, decoder: Decoder | None = None):
         self.spool = spool
-        self.decoder = DotDecoder()
+        self.decoder: Decoder = decoder if decoder is not None else DotDecoder()
         self.problem: str | None = spool.problem
         self._attempt(spool.check_space)
 
@@ -238,7 +287,7 @@ class Intake:
         has dot lines (without them its file is its own wire form).  Everything buffered is
         written now, so that a full disk is noticed here and not when the spool is read."""
         self._attempt(self.spool.flush)
-        self.spool.dotless = not self.decoder.unstuffed
+        self.spool.dotless = not self.decoder.dot_lines
         return self.decoder.leftover
 
     def _attempt(self, action: Callable[[], None]) -> None:
@@ -252,6 +301,17 @@ class Intake:
             else:
                 LOG.error("ERR: %s", err)
             self.problem = str(err)
+
+
+def _write_all(spool: Spool, chunks: Iterable[bytes]) -> bool:
+    """Write ``chunks`` to ``spool`` and close it; whether a line starts with a dot."""
+    lines = DotLines()
+    spool.check_space()
+    for chunk in chunks:
+        lines.feed(chunk)
+        spool.write(chunk)
+    spool.close()
+    return lines.found
 
 
 def _write_error(err: OSError, directory: str) -> SpoolError:

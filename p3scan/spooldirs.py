@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
 from p3scan.privileges import Account
+from p3scan.settings import Settings
 
 
 class DirectoryProblem(Exception):
@@ -25,7 +25,7 @@ class DirectoryProblem(Exception):
         self.lines = lines
 
 
-def needed(cfg: Any) -> list[tuple[str, str]]:
+def needed(cfg: Settings) -> list[tuple[str, str]]:
     """(directory, option it comes from), parents before children."""
     return [
         (cfg.virusdir, "virusdir"),
@@ -35,7 +35,7 @@ def needed(cfg: Any) -> list[tuple[str, str]]:
     ]
 
 
-def prepare(cfg: Any, account: Account, *, as_root: bool) -> list[str]:
+def prepare(cfg: Settings, account: Account, *, as_root: bool) -> list[str]:
     """Create (as root) or check the directories; return notices of what was created."""
     created: list[str] = []
     problems: list[str] = []
@@ -93,5 +93,5 @@ def _create(path: str, account: Account) -> None:
     os.chmod(path, 0o700)
 
 
-def worker_dir(cfg: Any, pid: int) -> str:
+def worker_dir(cfg: Settings, pid: int) -> str:
     return os.path.join(cfg.virusdir, "children", str(pid))

@@ -66,7 +66,7 @@ class WorkerStatus:
         return f"{text} ({' '.join(part for part in parts if part)})"
 
 
-_FIELDS = {item.name: item.type for item in dataclasses.fields(WorkerStatus)}
+_FIELDS = {item.name: str(item.type) for item in dataclasses.fields(WorkerStatus)}
 _TEXT = tuple(name for name, kind in _FIELDS.items() if kind == "str")
 # escaped, a character takes at most 12 bytes (a surrogate pair); the rest stays under 256
 _SAFE_LIMIT = (MAX_BODY - 256) // (12 * len(_TEXT))

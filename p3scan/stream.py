@@ -16,7 +16,7 @@ import select
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from p3scan import heartbeat
 from p3scan.codec import find_terminator
@@ -244,3 +244,44 @@ def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bo
         write(src.take())
         total += len(chunk)
         context = (context + chunk)[-3:]
+
+
+class BlockSink(Protocol):
+    """What takes a block as it arrives (:class:`p3scan.spool.Intake`)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> bytes:
+        """What followed the block, to give back to the stream."""
+        ...
+
+
+def _no_wait() -> bool:
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+def receive_block(src: Stream, sink: BlockSink, *, beat: Callable[[], None],
+                  wait: Callable[[], bool] = _no_wait, after_feed: Callable[[], None] = _nothing,
+                  closed: str = "closed the connection") -> None:
+    """Feed ``sink`` from ``src`` until it says the block is done; what follows the block
+    stays buffered.  The one intake loop of POP3 (a RETR reply) and SMTP (DATA): ``wait``
+    (False: nothing yet, ask again) and ``after_feed`` are where a protocol keeps its client
+    waiting; by default a read simply blocks up to the socket's timeout.  Raises
+    :class:`PeerClosed` (``closed`` says how) if the stream ends first."""
+    while not sink.done:
+        beat()
+        if not src.buffered:
+            if not wait():
+                continue
+            if not src.fill():
+                raise PeerClosed(src.name, closed)
+        sink.feed(src.take())
+        after_feed()
+    src.unread(sink.finish())

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
 
 from p3scan.destination import Route, UpstreamError
+from p3scan.settings import Settings
 
 
-def client_context(cfg: Any) -> ssl.SSLContext:
+def client_context(cfg: Settings) -> ssl.SSLContext:
     """The context used to talk to upstream servers."""
     if cfg.sslverify == "no":
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -25,7 +25,7 @@ def client_context(cfg: Any) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cfg.sslcafile)
 
 
-def wrap_upstream(sock: socket.socket, route: Route, cfg: Any) -> ssl.SSLSocket:
+def wrap_upstream(sock: socket.socket, route: Route, cfg: Settings) -> ssl.SSLSocket:
     """Run the TLS handshake with the real server; close the socket if it fails."""
     try:
         return client_context(cfg).wrap_socket(sock, server_hostname=route.host)

@@ -30,6 +30,7 @@ from p3scan.log import LOG
 from p3scan.pipeline import SCAN_THREAD
 from p3scan.scanning import Scanning
 from p3scan.session import SessionInfo
+from p3scan.settings import Settings
 from p3scan.status import Heartbeat, WorkerStatus
 
 BOOT_ERROR = 3  # exit status after a "failed" status: the master stops its respawn loop
@@ -39,7 +40,7 @@ JOIN_SLICE = 1.0  # waiting for a scan thread, beat this often
 HEARTBEAT_MARGIN = 10.0  # CPU-bound steps between beats: boot, a MIME split, a quarantine
 
 
-def heartbeat_timeout(cfg: Any) -> float:
+def heartbeat_timeout(cfg: Settings) -> float:
     """How long a worker may be silent before the master kills it as stuck.
 
     Every wait a session makes is bounded by an option: a peer (``idletimeout``), the
@@ -80,7 +81,7 @@ class Reporter:
 class Worker:
     """The accept loop of one worker process."""
 
-    def __init__(self, cfg: Any, listeners: list[socket.socket], status_fd: int,
+    def __init__(self, cfg: Settings, listeners: list[socket.socket], status_fd: int,
                  master_pid: int, heart: Heartbeat):
         self.cfg = cfg
         self.listeners = listeners
@@ -138,6 +139,7 @@ class Worker:
             if conn is None:
                 continue
             self.reporter.state("busy", client=_peer(conn))
+            assert self.scanning is not None  # boot() made it
             try:
                 connection.serve(conn, self.cfg, self.scanning)
             except Exception:
@@ -155,6 +157,7 @@ class Worker:
         self._wait_for_threads()
         try:
             if os.path.isdir(self.workdir):
+                assert self.scanning is not None
                 self.scanning.clear()
             else:  # removed under us: the next session needs it
                 os.mkdir(self.workdir, 0o700)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from p3scan.scanners.base import (
     ScanContext,
     Scanner,
@@ -16,6 +14,7 @@ from p3scan.scanners.clamd import Clamd
 from p3scan.scanners.eicar import Eicar
 from p3scan.scanners.kaspersky import Avpd, AvpdNew
 from p3scan.scanners.trophie import Trophie
+from p3scan.settings import Settings
 
 TYPES: dict[str, type[Scanner]] = {
     cls.name: cls for cls in (Basic, Avpd, AvpdNew, Trophie, Clamd, Bash, Eicar)
@@ -25,6 +24,6 @@ __all__ = ["TYPES", "ScanContext", "ScanResult", "Scanner", "ScannerError", "com
            "create"]
 
 
-def create(cfg: Any) -> Scanner:
+def create(cfg: Settings) -> Scanner:
     """The scanner that ``scannertype`` names."""
     return TYPES[cfg.scannertype](cfg)

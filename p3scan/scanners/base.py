@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from p3scan import external
 from p3scan.external import MAX_OUTPUT, DaemonReply, ExternalError, connect
+from p3scan.settings import Settings
 
 __all__ = ["MAX_OUTPUT", "NO_NAME", "DaemonReply", "ScanContext", "ScanResult", "Scanner",
            "ScannerError", "combine", "connect", "run_program"]
@@ -87,7 +87,7 @@ class Scanner:
     description = ""
     dirscan = False
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         self.cfg = cfg
 
     def check(self) -> str | None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from typing import Any
 
 from p3scan import pcre
 from p3scan.scanners.base import ScanContext, Scanner, ScanResult, run_program
+from p3scan.settings import Settings
 
 MAX_NAMES = 1000
 BASH_ARGUMENTS = ("MAILFROM", "MAILTO", "USERNAME", "SUBJECT", "MAILDATE", "SERVERIP",
@@ -28,7 +28,7 @@ class Basic(Scanner):
     description = "Basic file invocation scanner"
     dirscan = True
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         super().__init__(cfg)
         self.argv = shlex.split(cfg.scanner or "")
         self.viruscode = set(cfg.viruscode or [])

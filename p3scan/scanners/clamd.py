@@ -13,6 +13,7 @@ import struct
 import time
 from typing import Any
 
+from p3scan import checks
 from p3scan.scanners.base import (
     DaemonReply,
     ScanContext,
@@ -21,6 +22,7 @@ from p3scan.scanners.base import (
     ScanResult,
     connect,
 )
+from p3scan.settings import Settings
 
 DEFAULT = "127.0.0.1:3310"
 CHUNK = 64 * 1024
@@ -30,21 +32,18 @@ FOUND = re.compile(r"^stream: (.+) FOUND$")
 
 def parse_address(spec: str) -> tuple[int, Any]:
     """``/path/clamd.ctl`` (or ``unix:/path``) or ``host:port`` / ``[v6]:port``."""
-    if spec.startswith("unix:"):
-        spec = spec[5:]
-    if spec.startswith("/"):
-        return socket.AF_UNIX, spec
-    host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ScannerError(f"clamd address {spec!r} is neither host:port nor a socket path")
-    return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
+    try:
+        return checks.daemon_address(spec)
+    except checks.Invalid:
+        raise ScannerError(f"clamd address {spec!r} is neither host:port nor a socket "
+                           "path") from None
 
 
 class Clamd(Scanner):
     name = "clamd"
     description = "ClamAV daemon (INSTREAM)"
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         super().__init__(cfg)
         self.spec = cfg.scanner or DEFAULT
         self.family, self.address = parse_address(self.spec)

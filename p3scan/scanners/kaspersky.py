@@ -12,7 +12,6 @@ import os
 import socket
 import struct
 import time
-from typing import Any
 
 from p3scan.scanners.base import (
     DaemonReply,
@@ -22,6 +21,7 @@ from p3scan.scanners.base import (
     ScanResult,
     connect,
 )
+from p3scan.settings import Settings
 
 DEFAULT_DIR = "/var/run"
 INFECTED_CODES = {3, 4, 5, 6}  # suspicious, known virus, disinfected, deleted
@@ -98,7 +98,7 @@ class Avpd(Scanner):
     name = "avpd"
     description = "Kaspersky AVPDaemon"
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         super().__init__(cfg)
         self.socket = os.path.join(cfg.scanner or DEFAULT_DIR, "AvpCtl")
 
@@ -115,7 +115,7 @@ class AvpdNew(Scanner):
     name = "avpd_new"
     description = "Kaspersky Anti-Virus 5.x Daemon"
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         super().__init__(cfg)
         self.directory = cfg.scanner or DEFAULT_DIR
 

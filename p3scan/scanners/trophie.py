@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 from p3scan.scanners.base import (
     DaemonReply,
@@ -18,6 +17,7 @@ from p3scan.scanners.base import (
     ScanResult,
     connect,
 )
+from p3scan.settings import Settings
 
 DEFAULT_SOCKET = "/var/run/trophie"
 MAX_REPLY = 512  # one line: a code and perhaps a virus name
@@ -27,7 +27,7 @@ class Trophie(Scanner):
     name = "trophie"
     description = "Trophie antivirus daemon (for Trend Antivirus)"
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Settings):
         super().__init__(cfg)
         self.socket = cfg.scanner or DEFAULT_SOCKET
 

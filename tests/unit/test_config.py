@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from p3scan import cli, conffile, config
+from tests.support.procs import REPO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "p3scan-2.3.2-style.conf"
 
@@ -288,3 +289,38 @@ def test_help_lists_every_option_with_its_letter():
         assert f"--{opt.key}" in text
         if opt.short:
             assert f"-{opt.short} " in text or f"-{opt.short}," in text, opt.key
+
+
+# --- typed settings (issue 7) ---------------------------------------------------------------
+
+
+def test_the_settings_module_is_generated_from_the_table():
+    assert (REPO / "p3scan" / "settings.py").read_text() == config.settings_source()
+
+
+def test_every_value_has_its_declared_type():
+    cfg = config.load(["-f", str(REPO / "conf" / "p3scan.conf")])
+    kinds = {"bool": bool, "int": int, "str": str, "list[int]": list}
+    for opt in config.OPTIONS:
+        value = getattr(cfg, opt.key)
+        declared = config.python_type(opt)
+        if value is None:
+            assert declared.endswith("| None"), opt.key
+            continue
+        assert isinstance(value, kinds[declared.removesuffix(" | None")]), opt.key
+
+
+def test_the_configuration_is_frozen_and_replace_makes_a_copy():
+    cfg = config.load(["-f", "/dev/null", "-T", "eicar"])
+    with pytest.raises(AttributeError):
+        cfg.port = 1  # type: ignore[misc]
+    other = cfg.replace(port=1)
+    assert (cfg.port, other.port, other.sources) == (8110, 1, cfg.sources)
+
+
+def test_option_facts_live_in_the_table():
+    assert {opt.key for opt in config.OPTIONS if opt.restart} == {
+        "ip", "port", "backlog", "user", "pidfile", "debug", "foreground"}
+    assert config.BY_KEY["scanerror"].section == "scanning"
+    assert config.BY_KEY["smtprset"].section == "smtp"
+    assert all(opt.section for opt in config.OPTIONS)
