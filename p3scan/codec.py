@@ -12,24 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-TERMINATORS = (b"\n.\r\n", b"\n.\n")
-
-
-def find_terminator(context: bytes, chunk: bytes) -> int:
-    """Offset in ``chunk`` just after the ``.`` line that ends a block, or -1.
-
-    ``context`` holds the last bytes before ``chunk`` (``b"\\n"`` at a line start), so a
-    terminator that straddles two reads is still found.
-    """
-    data = context + chunk
-    best = -1
-    for pattern in TERMINATORS:
-        idx = data.find(pattern)
-        if idx >= 0:
-            end = idx + len(pattern)
-            best = end if best < 0 else min(best, end)
-    return best - len(context) if best >= 0 else -1
-
 
 class Decoder(Protocol):
     """What a spool intake needs of a block's framing: the dot-terminated block of POP3 and

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from p3scan import heartbeat
 from p3scan.codec import send_stuffed
@@ -26,12 +25,9 @@ from p3scan.log import LOG
 from p3scan.outcome import Deliver, Outcome, Policy, Replace, Tempfail, decide
 from p3scan.pipeline import ERROR, Verdict
 from p3scan.scanning import QuarantineError
-from p3scan.session import AbortSession, IdleTimeout
+from p3scan.session import AbortSession, IdleTimeout, Session
 from p3scan.spool import Intake, Spool
 from p3scan.stream import PeerClosed, receive_block, wait_readable
-
-if TYPE_CHECKING:
-    from p3scan.pop3 import Pop3Session
 
 OCTETS = re.compile(rb"^(\+OK\s+)(\d+)(\s.*)?(\r?\n)$", re.IGNORECASE | re.DOTALL)
 
@@ -49,7 +45,7 @@ def status_with_size(status: bytes, size: int | None = None, added: int = 0) -> 
 class Retrieval:
     """The reply to one RETR/TOP whose status line was ``+OK``."""
 
-    def __init__(self, session: Pop3Session, status: bytes, number: str):
+    def __init__(self, session: Session, status: bytes, number: str):
         self.session = session
         self.cfg = session.cfg
         self.client = session.client

@@ -13,7 +13,7 @@ in the middle, the client gets a 4xx, never a 250.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from p3scan import PROGNAME, __version__, context, footer, heartbeat
 from p3scan.codec import send_stuffed
@@ -21,12 +21,11 @@ from p3scan.context import MessageContext
 from p3scan.log import LOG
 from p3scan.outcome import Deliver, Outcome, Policy, Refuse, Tempfail, decide
 from p3scan.pipeline import CLEAN, Verdict
-from p3scan.scanning import QuarantineError
+from p3scan.scanning import QuarantineError, Scanning
+from p3scan.session import SessionInfo
+from p3scan.settings import Settings
 from p3scan.spool import Intake, Spool
-from p3scan.stream import PeerClosed, receive_block
-
-if TYPE_CHECKING:
-    from p3scan.smtp import SmtpSession
+from p3scan.stream import PeerClosed, Stream, receive_block
 
 SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
 
@@ -45,6 +44,26 @@ class Envelope(context.Envelope):
         return context.Envelope(self.helo, self.mail_from, list(self.rcpt_to), self.size)
 
 
+class SmtpLink(Protocol):
+    """What a submission needs of its SMTP session: a protocol, so that this module does
+    not import p3scan.smtp (which imports this one)."""
+
+    cfg: Settings
+    client: Stream
+    server: Stream
+    scanning: Scanning
+    info: SessionInfo
+    envelope: Envelope
+    answered: bool
+
+    def forward(self, line: bytes) -> None: ...
+
+    def read_reply(self, intermediate: int = 0) -> list[bytes]: ...
+
+    def message_context(self, spool: Spool, number: str,
+                        envelope: context.Envelope | None = None) -> MessageContext: ...
+
+
 def parse_address(arg: str, prefix: str) -> str:
     """``FROM:<a@b> SIZE=1`` becomes ``a@b``."""
     text = arg[len(prefix):] if arg.upper().startswith(prefix) else arg
@@ -57,7 +76,7 @@ def parse_address(arg: str, prefix: str) -> str:
 class Submission:
     """The DATA of one transaction with at least one accepted recipient."""
 
-    def __init__(self, session: SmtpSession):
+    def __init__(self, session: SmtpLink):
         self.session = session
         self.cfg = session.cfg
         self.client = session.client
@@ -166,6 +185,11 @@ class Submission:
                     size += len(tail)
                 send_stuffed(self.server.write, chunks)
             final = self.session.read_reply()
+        except TimeoutError:
+            self.client.write(b"451 4.4.2 p3scan: the server did not answer within "
+                              b"idletimeout during DATA\r\n")
+            self.session.answered = True
+            raise
         except (PeerClosed, OSError) as err:
             self.client.write(b"451 4.4.2 p3scan: the server went away during DATA\r\n")
             self.session.answered = True

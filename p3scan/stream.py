@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
 
 from p3scan import heartbeat
-from p3scan.codec import find_terminator
 
 MAX_LINE = 16 * 1024
 CHUNK = 256 * 1024
@@ -224,6 +223,25 @@ def _set_cork(sock: socket.socket, value: int) -> bool:
         return True
     except (OSError, AttributeError):  # not TCP (socketpairs in tests), or not Linux
         return False
+
+
+TERMINATORS = (b"\n.\r\n", b"\n.\n")
+
+
+def find_terminator(context: bytes, chunk: bytes) -> int:
+    """Offset in ``chunk`` just after the ``.`` line that ends a block, or -1.
+
+    ``context`` holds the last bytes before ``chunk`` (``b"\\n"`` at a line start), so a
+    terminator that straddles two reads is still found.
+    """
+    data = context + chunk
+    best = -1
+    for pattern in TERMINATORS:
+        idx = data.find(pattern)
+        if idx >= 0:
+            end = idx + len(pattern)
+            best = end if best < 0 else min(best, end)
+    return best - len(context) if best >= 0 else -1
 
 
 def copy_block(src: Stream, write: Callable[[bytes], None], *, at_line_start: bool = True) -> int:

@@ -14,13 +14,13 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p3scan.codec import find_terminator
 from p3scan.stream import (
     LineTooLong,
     PeerClosed,
     Stream,
     TlsInjection,
     copy_block,
+    find_terminator,
     wait_readable,
 )
 
