@@ -51,6 +51,7 @@ deps:
 test: deps venv
 	$(VPY) -m ruff check p3scan tests bench setup.py
 	$(VPY) -m mypy p3scan
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -59,6 +60,7 @@ unit: venv
 lint: venv
 	$(VPY) -m ruff check p3scan tests bench setup.py
 	$(VPY) -m mypy p3scan
+	$(VENV)/bin/lint-imports
 
 bench: deps venv
 	$(VPY) bench/pop3_passthrough.py
@@ -122,4 +124,4 @@ uninstall:
 	@if [ -d "$(DESTDIR)$(SPOOLDIR)" ]; then echo "keeping $(DESTDIR)$(SPOOLDIR): it holds quarantined mail"; fi
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis $(RUNDIR)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis $(RUNDIR)

@@ -27,6 +27,7 @@ setup(
             "ruff>=0.5",
             "pytest-timeout>=2",
             "mypy>=1.8",
+            "import-linter>=2",
         ],
     },
     entry_points={"console_scripts": ["p3scan = p3scan.cli:main"]},

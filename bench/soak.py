@@ -49,7 +49,7 @@ from pathlib import Path
 
 from common import REPO, FastPop3, Workspace, peak_rss_kb
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import oracle
 from tests.support import pop3_transcript as pt
 from tests.support.clamd import EICAR_NAME, Clamd

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from p3scan import config
-from p3scan.master import Master
+from p3scan.config import options as config
+from p3scan.daemon.master import Master
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ nothing.  This module imports nothing of p3scan, so that the session code, low i
 layers, can call up to the daemon without depending on it.
 
 Sessions beat before each wait that can last (for a peer, for a scan), so a worker that
-stops beating is stuck, and the master kills it (:mod:`p3scan.status`).
+stops beating is stuck, and the master kills it (:mod:`p3scan.daemon.status`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from p3scan.settings import Settings
+from p3scan.config.settings import Settings
 
 LOG = logging.getLogger("p3scan")
 IDENT = "p3scan"

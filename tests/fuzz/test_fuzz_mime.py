@@ -30,8 +30,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p3scan.scanners.base import ScanContext, ScanResult
-from p3scan.scanners.eicar import Eicar
+from p3scan.scan.scanners.base import ScanContext, ScanResult
+from p3scan.scan.scanners.eicar import Eicar
 from tests.fuzz.profile import scaled
 from tests.fuzz.wire import event, note
 from tests.support.harness import test_config

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p3scan.pop3 import Pop3Session
+from p3scan.proxy.pop3 import Pop3Session
 from tests.fuzz.profile import FUZZ
 from tests.fuzz.wire import (
     EICAR,

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p3scan.smtp import SmtpSession
+from p3scan.proxy.smtp import SmtpSession
 from tests.fuzz.profile import FUZZ
 from tests.fuzz.wire import EICAR, ServerReader, Wire, event, note, smtp_reply, words
 

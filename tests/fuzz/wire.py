@@ -23,10 +23,10 @@ from collections.abc import Callable
 import hypothesis
 from hypothesis.errors import InvalidArgument
 
-from p3scan.destination import Route
-from p3scan.scanning import Scanning
-from p3scan.session import Session, SessionInfo
-from p3scan.stream import Stream
+from p3scan.net.destination import Route
+from p3scan.net.stream import Stream
+from p3scan.proxy.session import Session, SessionInfo
+from p3scan.scan.scanning import Scanning
 from tests.support.harness import test_config
 from tests.support.messages import EICAR
 from tests.support.procs import REPO

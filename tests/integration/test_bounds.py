@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan.spool import Intake, Spool, SpoolError
+from p3scan.mail.spool import Intake, Spool, SpoolError
 from tests.support.fakes import FakeServer
 from tests.support.messages import message
 from tests.support.oracle import wire

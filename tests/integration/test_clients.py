@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from p3scan.scanners.eicar import NAME as EICAR_NAME
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanners.eicar import NAME as EICAR_NAME
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import netns
 from tests.support.dovecot import PASSWORD, Dovecot
 from tests.support.messages import EICAR, message

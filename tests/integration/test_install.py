@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan import config
+from p3scan.config import options as config
 from tests.support.fakes import simple_pop3
 from tests.support.p3scan_proc import config_text
 from tests.support.procs import REPO, free_port, require_program, require_root, wait_until

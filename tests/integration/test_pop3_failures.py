@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import oracle
 from tests.support import pop3_transcript as pt
 from tests.support.clamd import Clamd

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import pop3_transcript as pt
 from tests.support.dovecot import PASSWORD
 from tests.support.messages import standard_mailbox

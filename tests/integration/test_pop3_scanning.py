@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import pop3_transcript as pt
 from tests.support.clamd import CLAM_MAIL, CLAM_NAME, EICAR_NAME
 from tests.support.dovecot import PASSWORD

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from p3scan.master import LOOP_TICK
-from p3scan.worker import heartbeat_timeout
+from p3scan.daemon.master import LOOP_TICK
+from p3scan.daemon.worker import heartbeat_timeout
 from tests.support.dovecot import PASSWORD
 from tests.support.fakes import simple_pop3
 from tests.support.messages import message, standard_mailbox
@@ -79,7 +79,9 @@ def test_a_killed_worker_is_replaced(dovecot, p3scan):
     os.kill(before[0], signal.SIGKILL)
     wait_until(lambda: len(daemon.worker_pids()) == 2 and before[0] not in daemon.worker_pids(),
                10, "a replacement worker")
-    assert f"worker {before[0]} died with signal 9" in daemon.log()
+    # the master's log lines reach the file a moment later than the new worker appears
+    assert f"worker {before[0]} died with signal 9" in daemon.wait_log(
+        rf"worker {before[0]} died with signal 9")
     assert pop3_greeting(daemon.port).startswith(b"+OK Dovecot")
 
 

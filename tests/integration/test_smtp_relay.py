@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import netns, oracle
 from tests.support.messages import EICAR, message, smtp_body
 from tests.support.procs import REPO, require_program, stop_process

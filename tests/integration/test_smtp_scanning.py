@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import oracle
 from tests.support.clamd import Clamd
 from tests.support.fakes import FakeServer
@@ -277,7 +277,7 @@ FOOTER_CASES = {  # footer command set?, footer file: (X-P3Scan lines, footer bl
 @pytest.mark.parametrize("case", FOOTER_CASES)
 def test_footer_cases(sink, clamd, p3scan, scratch, case):
     command, text = FOOTER_CASES[case]
-    footerfile = scratch / "p3scan.footer"
+    footerfile = scratch / "p3scan.mail.footer"
     if text is not None:
         footerfile.write_bytes(text)
         footerfile.chmod(0o644)
@@ -310,7 +310,7 @@ def test_footer_cases(sink, clamd, p3scan, scratch, case):
     ("text/html", False),
 ])
 def test_footer_only_for_plain_unsigned_text(sink, clamd, p3scan, scratch, kind, gets_footer):
-    footerfile = scratch / "p3scan.footer"
+    footerfile = scratch / "p3scan.mail.footer"
     footerfile.write_bytes(b"footer text\n")
     footerfile.chmod(0o644)
     daemon = proxy_for(p3scan, sink.port, clamd, footerfile=footerfile)
@@ -324,7 +324,7 @@ def test_footer_only_for_plain_unsigned_text(sink, clamd, p3scan, scratch, kind,
 
 
 def test_no_footer_for_inline_pgp_signed_text(sink, clamd, p3scan, scratch):
-    footerfile = scratch / "p3scan.footer"
+    footerfile = scratch / "p3scan.mail.footer"
     footerfile.write_bytes(b"footer text\n")
     footerfile.chmod(0o644)
     daemon = proxy_for(p3scan, sink.port, clamd, footerfile=footerfile)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import netns
 from tests.support import pop3_transcript as pt
 from tests.support.dovecot import PASSWORD, Dovecot

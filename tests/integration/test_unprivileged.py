@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from p3scan import preload
-from p3scan.scanning import CLEAN_HEADER
+from p3scan.daemon import preload
+from p3scan.scan.scanning import CLEAN_HEADER
 from tests.support import pop3_transcript as pt
 from tests.support.dovecot import PASSWORD
 from tests.support.messages import EICAR
@@ -264,7 +264,8 @@ def assert_cannot_read(path: Path) -> None:
 CODEC_PROBE = """
 import codecs, json, sys
 sys.path.insert(0, sys.argv[1])
-from p3scan import preload, privileges
+from p3scan.daemon import preload
+from p3scan.daemon import privileges
 names = sorted(preload.email_charsets())
 def failing():
     result = []

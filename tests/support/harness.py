@@ -8,11 +8,11 @@ import tempfile
 import threading
 from typing import Any
 
-from p3scan import config
-from p3scan.destination import Route
-from p3scan.scanning import Scanning
-from p3scan.session import Session, SessionInfo
-from p3scan.stream import Stream
+from p3scan.config import options as config
+from p3scan.net.destination import Route
+from p3scan.net.stream import Stream
+from p3scan.proxy.session import Session, SessionInfo
+from p3scan.scan.scanning import Scanning
 
 
 def test_config(**changes: Any) -> config.Config:

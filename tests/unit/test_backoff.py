@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p3scan.master import BACKOFF_MAX, backoff_delay
+from p3scan.daemon.master import BACKOFF_MAX, backoff_delay
 
 
 def test_the_pause_doubles_from_one_second_up_to_a_minute():

@@ -20,15 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p3scan import scanners, spool
-from p3scan.pipeline import ERROR, Job, VirusStep
-from p3scan.scanners import ScanContext, Scanner, ScannerError
-from p3scan.scanners.base import MAX_OUTPUT, run_program
-from p3scan.scanners.clamd import MAX_REPLY as CLAMD_MAX_REPLY
-from p3scan.scanners.kaspersky import KAV5_MAX_REPLY, MAX_TEXT
-from p3scan.scanners.trophie import MAX_REPLY as TROPHIE_MAX_REPLY
-from p3scan.smtp import MAX_BDAT_DIGITS, SmtpSession
-from p3scan.spool import SPACE_CHECK_EVERY, Intake, Spool, SpoolError, SpoolFull
+from p3scan.mail import spool
+from p3scan.mail.spool import SPACE_CHECK_EVERY, Intake, Spool, SpoolError, SpoolFull
+from p3scan.proxy.smtp import MAX_BDAT_DIGITS, SmtpSession
+from p3scan.scan import scanners
+from p3scan.scan.pipeline import ERROR, Job, VirusStep
+from p3scan.scan.scanners import ScanContext, Scanner, ScannerError
+from p3scan.scan.scanners.base import MAX_OUTPUT, run_program
+from p3scan.scan.scanners.clamd import MAX_REPLY as CLAMD_MAX_REPLY
+from p3scan.scan.scanners.kaspersky import KAV5_MAX_REPLY, MAX_TEXT
+from p3scan.scan.scanners.trophie import MAX_REPLY as TROPHIE_MAX_REPLY
 from tests.support import oracle
 from tests.support.harness import Harness
 from tests.support.harness import test_config as config_with

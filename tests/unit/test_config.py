@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from p3scan import cli, conffile, config
+from p3scan import cli
+from p3scan.config import conffile
+from p3scan.config import options as config
 from tests.support.procs import REPO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "p3scan-2.3.2-style.conf"
@@ -295,7 +297,7 @@ def test_help_lists_every_option_with_its_letter():
 
 
 def test_the_settings_module_is_generated_from_the_table():
-    assert (REPO / "p3scan" / "settings.py").read_text() == config.settings_source()
+    assert (REPO / "p3scan" / "config" / "settings.py").read_text() == config.settings_source()
 
 
 def test_every_value_has_its_declared_type():

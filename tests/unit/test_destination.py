@@ -6,9 +6,10 @@ import socket
 
 import pytest
 
-from p3scan import config, destination, protocols
-from p3scan.destination import NoDestination, parse_useurl
-from p3scan.protocols import TlsMode
+from p3scan.config import options as config
+from p3scan.net import destination, protocols
+from p3scan.net.destination import NoDestination, parse_useurl
+from p3scan.net.protocols import TlsMode
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_connect_failure_is_an_upstream_error():
 
 
 def test_without_root_directories_are_checked_not_created(tmp_path):
-    from p3scan import privileges, spooldirs
+    from p3scan.daemon import privileges, spooldirs
 
     cfg = config.load(["-f", "/dev/null", "-T", "eicar", "-r", str(tmp_path / "spool"),
                        "-n", str(tmp_path / "spool" / "notify"),

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from p3scan import config
+from p3scan.config import options as config
 from tests.support.procs import REPO
 
 DOCS = {name: (REPO / name).read_text() for name in

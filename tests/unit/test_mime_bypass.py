@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from p3scan import mimesplit
-from p3scan.mimesplit import MAX_DEPTH, MAX_HEADER, MAX_MIME_FIELDS, MAX_PARTS, PIECE
-from p3scan.pipeline import INFECTED, UNCHECKED, Job, VirusStep
-from p3scan.scanners.basic import Basic
-from p3scan.scanners.eicar import Eicar
-from p3scan.spool import Spool
+from p3scan.mail import mimesplit
+from p3scan.mail.mimesplit import MAX_DEPTH, MAX_HEADER, MAX_MIME_FIELDS, MAX_PARTS, PIECE
+from p3scan.mail.spool import Spool
+from p3scan.scan.pipeline import INFECTED, UNCHECKED, Job, VirusStep
+from p3scan.scan.scanners.basic import Basic
+from p3scan.scan.scanners.eicar import Eicar
 from tests.support.messages import EICAR
 
 B64 = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")

@@ -35,8 +35,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p3scan import mimesplit
-from p3scan.mimesplit import MAX_DEPTH, MAX_PARTS, SplitError, safe_name
+from p3scan.mail import mimesplit
+from p3scan.mail.mimesplit import MAX_DEPTH, MAX_PARTS, SplitError, safe_name
 
 FILE_NAME = re.compile(r"^\d{3}-[A-Za-z0-9._-]+$")
 SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}$")

@@ -6,11 +6,11 @@ import json
 import os
 import stat
 
-from p3scan import notify, quarantine
-from p3scan.context import MessageContext
-from p3scan.pipeline import INFECTED, Verdict
-from p3scan.scanning import Scanning
-from p3scan.spool import Spool
+from p3scan.mail import notify, quarantine
+from p3scan.mail.context import MessageContext
+from p3scan.mail.spool import Spool
+from p3scan.scan.pipeline import INFECTED, Verdict
+from p3scan.scan.scanning import Scanning
 from tests.support.harness import test_config
 from tests.support.procs import REPO
 

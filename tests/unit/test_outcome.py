@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from p3scan.outcome import (
+from p3scan.scan.outcome import (
     CLEAN_HEADER,
     Deliver,
     Policy,
@@ -15,7 +15,7 @@ from p3scan.outcome import (
     Tempfail,
     decide,
 )
-from p3scan.pipeline import CLEAN, ERROR, INFECTED, UNCHECKED, Verdict
+from p3scan.scan.pipeline import CLEAN, ERROR, INFECTED, UNCHECKED, Verdict
 
 VERDICTS = {
     CLEAN: Verdict(CLEAN),

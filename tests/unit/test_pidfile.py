@@ -6,7 +6,7 @@ import lockfile
 import pytest
 from daemon.pidfile import TimeoutPIDLockFile
 
-from p3scan import pidfile
+from p3scan.daemon import pidfile
 
 
 def test_a_missing_directory_is_named_with_the_reason(tmp_path):

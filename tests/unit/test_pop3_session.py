@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from p3scan.pop3 import Pop3Session, expects_block, sasl_plain_user
+from p3scan.proxy.pop3 import Pop3Session, expects_block, sasl_plain_user
 from tests.support.harness import Harness
 
 

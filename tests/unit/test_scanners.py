@@ -23,14 +23,15 @@ from typing import Any
 
 import pytest
 
-from p3scan import mimesplit, scanners
-from p3scan.config import ConfigError, load
-from p3scan.pipeline import ERROR, INFECTED, UNCHECKED, Job, Verdict, VirusStep
-from p3scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
-from p3scan.scanners.base import NO_NAME
-from p3scan.scanners.clamd import parse_address
-from p3scan.scanners.eicar import CHUNK, NAME
-from p3scan.spool import Spool
+from p3scan.config.options import ConfigError, load
+from p3scan.mail import mimesplit
+from p3scan.mail.spool import Spool
+from p3scan.scan import scanners
+from p3scan.scan.pipeline import ERROR, INFECTED, UNCHECKED, Job, Verdict, VirusStep
+from p3scan.scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
+from p3scan.scan.scanners.base import NO_NAME
+from p3scan.scan.scanners.clamd import parse_address
+from p3scan.scan.scanners.eicar import CHUNK, NAME
 from tests.support.fake_daemons import (
     FakeAveserver,
     FakeAvpCtl,

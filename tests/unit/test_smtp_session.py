@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p3scan.smtp import SmtpSession, filter_ehlo
+from p3scan.proxy.smtp import SmtpSession, filter_ehlo
 from tests.support.harness import Harness
 
 

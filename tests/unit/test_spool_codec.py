@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p3scan.codec import DotDecoder, DotEncoder
-from p3scan.spool import Spool, SpoolFull, header_text
+from p3scan.mail.codec import DotDecoder, DotEncoder
+from p3scan.mail.spool import Spool, SpoolFull, header_text
 from tests.support import oracle
 
 messages = st.lists(st.sampled_from([b"A: b", b"", b".", b"..x", b"\r", b"x" * 300, b"\0\xff"])

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from p3scan import pop3msg
-from p3scan.codec import CountedDecoder, DotDecoder, send_stuffed
-from p3scan.pop3 import Pop3Session
-from p3scan.pop3msg import Retrieval
-from p3scan.spool import Intake, Spool, SpoolError, SpoolFull
-from p3scan.stream import PeerClosed, Stream, receive_block
+from p3scan.mail.codec import CountedDecoder, DotDecoder, send_stuffed
+from p3scan.mail.spool import Intake, Spool, SpoolError, SpoolFull
+from p3scan.net.stream import PeerClosed, Stream, receive_block
+from p3scan.proxy import pop3msg
+from p3scan.proxy.pop3 import Pop3Session
+from p3scan.proxy.pop3msg import Retrieval
 from tests.support import oracle
 from tests.support.harness import Harness
 from tests.unit.test_spool_codec import chunked, cuts, messages

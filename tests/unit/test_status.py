@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from p3scan import config, heartbeat, status
-from p3scan.destination import Route
-from p3scan.master import Master, WorkerInfo
-from p3scan.session import SessionInfo
-from p3scan.status import (
+from p3scan import heartbeat
+from p3scan.config import options as config
+from p3scan.daemon import status
+from p3scan.daemon.master import Master, WorkerInfo
+from p3scan.daemon.status import (
     HEADER,
     MAX_FRAME,
     FrameDecoder,
@@ -23,7 +23,9 @@ from p3scan.status import (
     decode,
     encode,
 )
-from p3scan.worker import HEARTBEAT_MARGIN, Reporter, heartbeat_timeout
+from p3scan.daemon.worker import HEARTBEAT_MARGIN, Reporter, heartbeat_timeout
+from p3scan.net.destination import Route
+from p3scan.proxy.session import SessionInfo
 
 BUSY = WorkerStatus("busy", 1700000000.5, client="10.0.0.2:40000", protocol="POP3",
                     server="192.0.2.1:110", user="jane", messages=2, message="7", bytes=12345)
@@ -223,3 +225,22 @@ def test_the_master_ignores_a_worker_whose_status_is_unreadable(pipe, caplog):
     status.send(write_end, WorkerStatus("ready", 1.0))
     master._read_status(info)  # drained, not believed
     assert not info.booted
+
+
+def test_a_heartbeat_read_during_a_write_is_never_taken_for_silence():
+    """A worker beats in another process while the master reads: struct.pack_into zeroes
+    the slot before writing, so a read could see a heartbeat from boot time (the soak test
+    caught workers killed as 'silent for 5230 s')."""
+    heart = Heartbeat()
+    child = os.fork()
+    if child == 0:  # the worker: beat as fast as it can for a while
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            heart.beat()
+        os._exit(0)
+    try:
+        start = time.monotonic() - 1
+        worst = min(heart.last() for _ in range(300_000))
+    finally:
+        os.waitpid(child, 0)
+    assert worst >= start

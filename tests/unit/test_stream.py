@@ -14,7 +14,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p3scan.stream import (
+from p3scan.net.stream import (
     LineTooLong,
     PeerClosed,
     Stream,

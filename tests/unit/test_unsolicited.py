@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from p3scan.pop3 import Pop3Session
-from p3scan.smtp import SmtpSession
+from p3scan.proxy.pop3 import Pop3Session
+from p3scan.proxy.smtp import SmtpSession
 from tests.support.harness import Harness
 from tests.support.messages import EICAR, message
 

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p3scan import config, destination
-from p3scan.destination import NoDestination, Route, parse_useurl, useurl_route
+from p3scan.config import options as config
 from p3scan.log import LOG
-from p3scan.pop3 import useurl_handshake
-from p3scan.stream import MAX_LINE, Stream
+from p3scan.net import destination
+from p3scan.net.destination import NoDestination, Route, parse_useurl, useurl_route
+from p3scan.net.stream import MAX_LINE, Stream
+from p3scan.proxy.pop3 import useurl_handshake
 
 LISTEN_PORT = 8110
 

@@ -1,0 +1,1 @@
+"""The process model: master, workers, PID file, privileges, status."""

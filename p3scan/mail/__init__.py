@@ -1,0 +1,1 @@
+"""Mail as data: spool, codec, context, MIME splitting, quarantine, notices."""

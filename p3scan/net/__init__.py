@@ -1,0 +1,1 @@
+"""The wire: streams, routes and destinations, TLS, protocol descriptors."""

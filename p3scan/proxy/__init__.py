@@ -1,0 +1,1 @@
+"""Protocol sessions: POP3 and SMTP relays and their message objects."""

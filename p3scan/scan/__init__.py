@@ -1,0 +1,1 @@
+"""The scan pipeline, its outcome, scanning services, external programs."""
