@@ -24,6 +24,7 @@ from p3scan.config import checks, conffile
 from p3scan.config.settings import Settings
 
 DEFAULT_CONFIGFILE = "/etc/p3scan/p3scan.conf"
+FLAG_VALUES = ("yes", "no", "on", "off", "true", "false", "1", "0")
 
 
 @dataclass(frozen=True)
@@ -313,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in OPTIONS:
         names = ([f"-{opt.short}"] if opt.short else []) + [f"--{opt.key}"]
         text = (("[new] " if opt.new else "") + opt.help + _default_text(opt)).replace("%", "%%")
-        if opt.is_flag:
-            parser.add_argument(*names, dest=opt.key, action="store_const", const="yes",
-                                help=text)
+        if opt.is_flag:  # a bare flag turns it on; "no" turns off one that defaults to on
+            parser.add_argument(*names, dest=opt.key, nargs="?", const="yes",
+                                choices=FLAG_VALUES, metavar="yes|no", help=text)
         else:
             parser.add_argument(*names, dest=opt.key, metavar=opt.metavar or "VALUE",
                                 help=text)
@@ -352,7 +353,7 @@ def load(argv: Sequence[str], *, cwd: str | None = None) -> Config:
     file_raw = _read_file(configfile, explicit, errors)
     cli_raw = [
         _Raw(BY_KEY[key], text, "command line",
-             f"--{key}" if BY_KEY[key].is_flag else f"--{key} {text}")
+             f"--{key}" if BY_KEY[key].is_flag and text == "yes" else f"--{key} {text}")
         for key, text in cli.items()
     ]
     values = defaults()

@@ -326,3 +326,13 @@ def test_option_facts_live_in_the_table():
     assert config.BY_KEY["scanerror"].section == "scanning"
     assert config.BY_KEY["smtprset"].section == "smtp"
     assert all(opt.section for opt in config.OPTIONS)
+
+
+def test_a_switch_on_by_default_can_be_turned_off_on_the_command_line():
+    base = ["-f", "/dev/null", "-T", "eicar"]
+    assert config.load(base).enabletop is True  # on by default since 3.0
+    assert config.load(base + ["-J", "no"]).enabletop is False
+    assert config.load(base + ["--enabletop=off", "-d"]).enabletop is False
+    assert config.load(base + ["-J", "-d"]).debug is True  # a bare switch takes no value
+    with pytest.raises(config.ConfigError, match="invalid choice: 'maybe'"):
+        config.load(base + ["-J", "maybe"])
