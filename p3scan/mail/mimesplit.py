@@ -157,8 +157,9 @@ class _Splitter:
         self.pending = b""
         if self.crlf_only:
             if not self.bare_cr and b"\r" in piece:
-                match = _BARE_CR.search(piece)  # a CR that ends a piece may precede its LF
-                self.bare_cr = match is not None and match.end() < len(piece)
+                # a CR that ends a piece (cut at PIECE) may be bare too: a second pass
+                # costs only time, a missed one would hide a part
+                self.bare_cr = _BARE_CR.search(piece) is not None
             return piece
         match = _BARE_CR.search(piece)
         if match and match.end() < len(piece):
@@ -175,7 +176,8 @@ class _Splitter:
             return None
         for boundary in reversed(boundaries):
             if piece.startswith(boundary):
-                rest = piece[len(boundary):].strip()
+                rest = piece[len(boundary):].rstrip(b"\r\n").rstrip(b" \t")  # as the
+                # email parser: only spaces and tabs may follow a boundary
                 if rest in (b"", b"--"):
                     return boundary, rest == b"--"
         return None
@@ -259,7 +261,9 @@ class _Splitter:
                    ctype: str) -> Stop:
         inner = boundaries + (boundary,)
         stop = self._body(inner, _Decoder(), "preamble")
-        if stop is None or stop[0] != boundary:
+        if (stop is None or stop[0] != boundary) and self.last_file is not None:
+            # data but no part: hidden from the splitter (an empty body, as in a TOP n 0
+            # reply, hides nothing)
             self.out.problem(f"the boundary of a {ctype} never appears")
         while stop is not None and stop[0] == boundary and not stop[1]:
             stop = self.entity(inner, depth + 1)

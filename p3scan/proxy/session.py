@@ -159,6 +159,7 @@ class Session:
             self.info.outcome = f"error: {err}"
         except OSError as err:
             self.info.outcome = f"error: {err.strerror or err}"
+            self._server_failed(f"internal error ({err.strerror or err})")
         except Exception as err:  # a bug must still answer, and the worker goes on
             LOG.exception("Unexpected error in a %s session", self.protocol)
             self.info.outcome = f"error: internal error: {err}"
@@ -217,8 +218,8 @@ class Session:
 
     def forward(self, line: bytes) -> None:
         """Send one client line (a command, a SASL response) to the silent server."""
+        self.awaiting_server = True  # from here on, whatever fails owes the client a reply
         self.check_server_silent()
-        self.awaiting_server = True
         self.server.write(line)
 
     def _select(self, streams: list[Stream]) -> list[Stream]:

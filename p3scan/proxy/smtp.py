@@ -1,9 +1,10 @@
 """SMTP sessions (RFC 5321): relay commands one at a time with the server's exact replies.
 
 EHLO replies lose the keywords the proxy cannot honour: STARTTLS (a TLS handshake cannot be
-relayed as text), CHUNKING and BINARYMIME (BDAT data would bypass DATA handling).  The
-reply stays well-formed: its last line keeps the ``250 `` form.  PIPELINING stays, since a
-pipelining client is simply queued.
+relayed as text), CHUNKING and BINARYMIME (BDAT data would bypass DATA handling), and BURL
+(the server would fetch a message p3scan never sees).  The reply stays well-formed: its
+last line keeps the ``250 `` form.  PIPELINING stays, since a pipelining client is simply
+queued.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from p3scan.net.stream import LineTooLong, PeerClosed, Stream, copy_block
 from p3scan.proxy.session import ProtocolViolation, Session, SessionInfo, sasl_plain_user
 from p3scan.proxy.smtpmsg import Envelope, Submission, parse_address
 
-EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME"})
+EHLO_HIDDEN = frozenset({"STARTTLS", "CHUNKING", "BINARYMIME", "BURL"})
 MAX_REPLY_LINES = 512
 MAX_BDAT_DIGITS = 20  # 10**20 bytes is beyond any chunk: a longer size is no size at all
 

@@ -29,6 +29,7 @@ from p3scan.scan.pipeline import CLEAN, Verdict
 from p3scan.scan.scanning import QuarantineError, Scanning
 
 SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
+SMUGGLED_END = re.compile(rb"\r\.[\r\n]")
 
 
 class Envelope(context.Envelope):
@@ -56,13 +57,29 @@ class SmtpLink(Protocol):
     info: SessionInfo
     envelope: Envelope
     answered: bool
+    awaiting_server: bool
 
     def forward(self, line: bytes) -> None: ...
+
+    def check_server_silent(self) -> None: ...
 
     def read_reply(self, intermediate: int = 0) -> list[bytes]: ...
 
     def message_context(self, spool: Spool, number: str,
                         envelope: context.Envelope | None = None) -> MessageContext: ...
+
+
+def smuggles(spool: Spool) -> bool:
+    """Whether the message holds a bare CR before a dot line (``\\r.\\r\\n``): p3scan
+    relays it as data, but a server that takes a bare CR for a line end would see the end
+    of the data there, and the rest as new commands and mail nobody scanned (SMTP
+    smuggling, 2023)."""
+    tail = b""
+    for chunk in spool.chunks():
+        if SMUGGLED_END.search(tail + chunk):
+            return True
+        tail = chunk[-2:]
+    return False
 
 
 def parse_address(arg: str, prefix: str) -> str:
@@ -91,7 +108,11 @@ class Submission:
         spool = self.scanning.spool()
         try:
             verdict = self._receive(spool)
+            self.session.awaiting_server = True  # the client waits for the final reply
             spool.close()
+            if verdict is None and smuggles(spool):
+                self._refuse_smuggling()
+                return
             ctx = self.session.message_context(spool, self.number, self.envelope.snapshot())
             if verdict is None:
                 verdict = self.scanning.scan(ctx)
@@ -101,6 +122,12 @@ class Submission:
             self._answer(ctx, decide(verdict, Policy.from_config(self.cfg, "SMTP")))
         finally:
             spool.remove()
+
+    def _refuse_smuggling(self) -> None:
+        LOG.warning("SMTP message %s refused: a bare CR before a dot line (a server that "
+                    "ends data there would take what follows for unscanned mail)", self.number)
+        self._reset_server()
+        self.client.write(b"554 5.5.2 p3scan: bare CR before a dot line; message refused\r\n")
 
     # --- the message from the client ------------------------------------------------------
 
@@ -171,6 +198,7 @@ class Submission:
             self.client.write(b"".join(reply))
             self.envelope.reset()
             return
+        self.session.check_server_silent()  # a "250" sent along with the 354 is a lie
         header = spool.header_eol.join(headers)
         tail = footer.block(self.cfg, spool, ctx.values, self.scanning.vdinfo_lines)
         direct = None if tail else spool.wire_parts(header)

@@ -116,6 +116,14 @@ HIDDEN = {
                  b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 eicar.com\r\n"
                  + b"".join(binascii.b2a_uu(EICAR[i:i + 45]).replace(b"\n", b"\r\n")
                             for i in range(0, len(EICAR), 45)) + b"`\r\nend\r\n"),
+    "a CR that ends a piece": (
+        b"Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\n" + b"A" * (PIECE - 1) + b"\r--b\r\n"
+        + attachment() + b"\r\n--b--\r\n"),
+    "a form feed after a boundary": (
+        b"Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"_:_\""
+        b"\r\n\r\n--_:_\r\nContent-Type: application/octet-stream; name=x.com\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n--_:_\x0c\r\n\r\n" + B64 + b"\r\n--_:_--\r\n"),
     "base64 on one line longer than a piece": attachment(
         body=base64.b64encode(b"\0" * (3 * PIECE) + EICAR) + b"\r\n"),
 }
@@ -253,3 +261,21 @@ def test_split_error_keeps_the_files_written(tmp_path):
         mimesplit.split(tmp_path / "mail", tmp_path / "parts")
     assert len(raised.value.files) == MAX_PARTS
     assert raised.value.problems == [f"more than {MAX_PARTS} MIME parts"]
+
+
+def test_the_header_of_a_multipart_alone_is_clean(tmp_path):
+    """A TOP n 0 reply (mutt's index) has no body: nothing is hidden, nothing unchecked."""
+    header = multipart(TEXT, attachment())[:multipart(TEXT, attachment()).index(b"\r\n\r\n")
+                                          + 4]
+    assert verdicts(tmp_path, header) == {"eicar": "clean", "demime": "clean"}
+
+
+def test_the_eicar_fast_path_takes_plain_crlf_mail_as_it_is(tmp_path):
+    from p3scan.scan.scanners.eicar import needs_decoding
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"Subject: x\r\nTo: y\r\n\r\n" + b"text\r\n" * 1000)
+    assert not needs_decoding(str(plain))
+    twice = tmp_path / "twice"
+    twice.write_bytes(b"Subject: x\nContent-Type: text/plain\nContent-Type: text/html\n\nx\n")
+    assert needs_decoding(str(twice))

@@ -181,3 +181,56 @@ def test_smtp_scan_bug_is_451_logged_once_and_the_session_goes_on(smtp, caplog):
     assert smtp.server_hears() == b"NOOP\r\n"
     smtp.server_says(b"250 ok\r\n")
     assert smtp.client_hears() == b"250 ok\r\n"
+
+
+def transaction(smtp: Harness) -> None:
+    for command, reply in ((b"MAIL FROM:<a@example.test>", b"250 ok\r\n"),
+                           (b"RCPT TO:<b@example.test>", b"250 ok\r\n")):
+        smtp.client_says(command + b"\r\n")
+        assert smtp.server_hears() == command + b"\r\n"
+        smtp.server_says(reply)
+        assert smtp.client_hears() == b"250 ok\r\n"
+
+
+def test_smtp_250_sent_with_the_354_never_reaches_the_client(smtp):
+    transaction(smtp)
+    smtp.client_says(b"DATA\r\n")
+    assert smtp.client_hears().startswith(b"354 ")
+    smtp.client_says(message("clean") + b".\r\n")
+    assert smtp.server_hears() == b"DATA\r\n"
+    smtp.server_says(b"354 go ahead\r\n250 ok queued\r\n")
+    session_ends(smtp, SMTP_END)
+
+
+def test_smtp_bare_cr_before_a_dot_line_is_refused(smtp):
+    """SMTP smuggling: a server that ends data at \\r.\\r\\n would take the rest for a
+    second message that p3scan scanned only as part of the first."""
+    transaction(smtp)
+    smtp.client_says(b"DATA\r\n")
+    assert smtp.client_hears().startswith(b"354 ")
+    smtp.client_says(b"Subject: one\r\n\r\nhello\r.\r\nMAIL FROM:<x@example.test>\r\n"
+                     b".\r\n")
+    assert smtp.server_hears() == b"RSET\r\n"  # DATA never reached the server
+    smtp.server_says(b"250 reset\r\n")
+    assert smtp.client_hears().startswith(b"554 5.5.2 p3scan: bare CR before a dot line")
+
+
+def test_a_pipelined_command_after_the_server_closed_is_answered(pop):
+    pop.client_says(b"NOOP\r\nSTAT\r\n")  # STAT waits in p3scan's buffer
+    assert pop.server_hears() == b"NOOP\r\n"
+    pop.server_says(b"+OK\r\n")
+    pop.server.shutdown(socket.SHUT_RDWR)
+    assert pop.client_hears() == b"+OK\r\n"
+    assert pop.client_hears().startswith(b"-ERR [SYS/TEMP] p3scan: the server closed")
+
+
+def test_an_os_error_after_the_final_dot_is_answered(smtp):
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    smtp.scanning.log_verdict = broken
+    transaction(smtp)
+    smtp.client_says(b"DATA\r\n")
+    assert smtp.client_hears().startswith(b"354 ")
+    smtp.client_says(message("clean") + b".\r\n")
+    assert smtp.client_hears().startswith(b"421 4.4.2 p3scan: internal error (Input/output")

@@ -41,14 +41,14 @@ def needs_decoding(path: str) -> bool:
         head = handle.read(HEAD)
     end = min((i for i in (head.find(b"\n\n"), head.find(b"\n\r\n")) if i >= 0),
               default=-1)
-    if end < 0 or re.search(rb"\r(?!\n)", head[:end]):
+    if end < 0 or re.search(rb"\r(?!\n)", head[:end + 1]):
         return True
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         head[:end])
-    fields = [value for name in ("Content-Type", "Content-Transfer-Encoding")
-              for value in headers.get_all(name, [])]
+    repeated = any(len(headers.get_all(name, [])) > 1
+                   for name in ("Content-Type", "Content-Transfer-Encoding"))
     encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    return (len(fields) > 2 or headers.get_content_maintype() in ("multipart", "message")
+    return (repeated or headers.get_content_maintype() in ("multipart", "message")
             or encoding not in ("7bit", "8bit", "binary"))
 
 
