@@ -95,9 +95,10 @@ class DaemonReply:
         return data
 
 
-def run_program(argv: list[str], deadline: float,
-                env: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """Run ``argv`` with stdout and stderr merged; return (status, output).
+def run_program(argv: list[str], deadline: float, env: dict[str, str] | None = None,
+                *, merge_stderr: bool = True) -> tuple[int, bytes]:
+    """Run ``argv`` with stdout and stderr merged (or stderr dropped); return (status,
+    output).
 
     The status is the exit code, or minus the signal number that killed the program.
     Output beyond :data:`MAX_OUTPUT` or the scan deadline kill the program's process
@@ -105,7 +106,8 @@ def run_program(argv: list[str], deadline: float,
     """
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, close_fds=True,
+                                stderr=subprocess.STDOUT if merge_stderr
+                                else subprocess.DEVNULL, close_fds=True,
                                 start_new_session=True, env={**os.environ, **(env or {})})
     except OSError as err:
         raise ExternalError(f"cannot run {argv[0]}: {err.strerror}") from None

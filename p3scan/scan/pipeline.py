@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,10 +21,12 @@ from p3scan.config.settings import Settings
 from p3scan.log import LOG
 from p3scan.mail import mimesplit
 from p3scan.mail.spool import Spool
+from p3scan.scan import external
 from p3scan.scan.scanners import ScanContext, Scanner, ScannerError, ScanResult, combine
 
 CLEAN, INFECTED, ERROR, UNCHECKED = "clean", "infected", "error", "unchecked"
 WAIT_GRACE = 5.0
+FOOTER_TIMEOUT = 10.0  # the footer command (scanner version text) runs once per worker
 SCAN_THREAD = "p3scan-scan"  # the worker waits for these before it clears its work directory
 LATER_STEPS = {"renattach": "attachment renaming", "checkspam": "spam checking",
                "overwrite": "the HTML filter", "extra": "extra notification"}
@@ -219,13 +220,14 @@ def footer_lines(cfg: Settings) -> list[bytes]:
     """The non-empty output lines of the ``footer`` command (the scanner's version text)."""
     if not cfg.footer:
         return []
-    try:
-        result = subprocess.run(shlex.split(cfg.footer), capture_output=True, timeout=10,
-                                stdin=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
+    try:  # bounded in time and output, like a scanner
+        _status, output = external.run_program(shlex.split(cfg.footer),
+                                               time.monotonic() + FOOTER_TIMEOUT,
+                                               merge_stderr=False)
+    except external.ExternalError as err:
         LOG.warning("footer command %s failed: %s", cfg.footer, err)
         return []
-    lines = [line.strip() for line in result.stdout[:4096].splitlines()]
+    lines = [line.strip() for line in output[:4096].splitlines()]
     return [line for line in lines if line][:20]
 
 

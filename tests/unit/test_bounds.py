@@ -522,3 +522,21 @@ def test_scanner_programs_leave_no_output_file(tmp_path):
                                                                                  b"found\n")
     assert os.listdir(workdir) == []
     assert set(os.listdir("/proc/self/fd")) <= before  # the pipe is closed
+
+
+def test_the_footer_command_is_bounded_like_a_scanner(tmp_path):
+    """Its first lines name the scanner; one that prints without end fills nothing."""
+    from p3scan.scan.pipeline import footer_lines
+    from tests.support.harness import test_config
+
+    talker = tmp_path / "talker"
+    talker.write_text("#!/bin/sh\necho 'ClamAV 1.0'\necho 'to stderr' >&2\necho\n"
+                      "echo 'daily 27000'\n")
+    talker.chmod(0o755)
+    assert footer_lines(test_config(footer=str(talker))) == [b"ClamAV 1.0", b"daily 27000"]
+    endless = tmp_path / "endless"
+    endless.write_text("#!/bin/sh\nexec yes\n")
+    endless.chmod(0o755)
+    started = time.monotonic()
+    assert footer_lines(test_config(footer=str(endless))) == []
+    assert time.monotonic() - started < 5
