@@ -24,10 +24,11 @@ The tolerant readings:
 The problems (each makes the message unchecked): more than :data:`MAX_PARTS` parts, more
 than :data:`MAX_DEPTH` levels of nesting, ``Content-*`` fields over :data:`MAX_MIME_FIELDS`,
 a ``multipart/*`` without a boundary or whose boundary never appears, conflicting
-``Content-Type`` or ``Content-Transfer-Encoding`` fields, and base64 or uuencode that does
-not decode.  An unknown transfer encoding is taken as it is, as mail readers do.  Lines have
-no length limit: longer than :data:`PIECE` they are read in pieces, and a boundary is only
-recognised at the start of a line.
+``Content-Type`` or ``Content-Transfer-Encoding`` fields or an RFC 2047 encoded-word in one
+(the ``email`` parser's default policy decodes it, compat32 does not), and base64 or
+uuencode that does not decode.  An unknown transfer encoding is taken as it is, as mail
+readers do.  Lines have no length limit: longer than :data:`PIECE` they are read in pieces,
+and a boundary is only recognised at the start of a line.
 """
 
 from __future__ import annotations
@@ -223,6 +224,8 @@ class _Splitter:
             values = {" ".join(str(value).lower().split()) for value in headers.get_all(name, [])}
             if len(values) > 1:
                 self.out.problem(f"conflicting {name} fields")
+            if any("=?" in value for value in values):  # readers decode RFC 2047 here, or not
+                self.out.problem(f"an encoded-word in {name}")
 
     def _header(self, boundaries: tuple[bytes, ...]) -> tuple[bytes, Stop]:
         """The entity's header block; past MAX_HEADER only its Content-* fields are kept."""

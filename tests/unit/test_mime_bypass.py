@@ -162,6 +162,14 @@ UNINTERPRETABLE = {
     "conflicting transfer encodings": (b"Subject: two\r\nContent-Transfer-Encoding: 7bit\r\n"
                                        b"Content-Transfer-Encoding: base64\r\n\r\n" + B64),
     "base64 with a stray character": attachment(body=b"QQ" + B64),
+    "an encoded-word in Content-Transfer-Encoding": (
+        b"Subject: ew\r\nContent-Transfer-Encoding: =?x?q?base64?=\r\n\r\n" + B64),
+    "an encoded-word in Content-Type": (
+        b"Subject: ew\r\nContent-Type: =?x?q?message/rfc822?=\r\n\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + B64),
+    "an encoded-word in a part's Content-Transfer-Encoding": multipart(
+        TEXT, b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: "
+              b"=?us-ascii?b?YmFzZTY0?=\r\n\r\n" + B64),
     "Content-* fields past MAX_HEADER over MAX_MIME_FIELDS": (
         b"Subject: big\r\n" + b"X-Pad: " + b"p" * MAX_HEADER + b"\r\n"
         + b"Content-Description: " + b"d" * (MAX_MIME_FIELDS + 10) + b"\r\n"

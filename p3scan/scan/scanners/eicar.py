@@ -45,8 +45,10 @@ def needs_decoding(path: str) -> bool:
         return True
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         head[:end])
-    repeated = any(len(headers.get_all(name, [])) > 1
-                   for name in ("Content-Type", "Content-Transfer-Encoding"))
+    values = {name: [str(value) for value in headers.get_all(name, [])]
+              for name in ("Content-Type", "Content-Transfer-Encoding")}
+    repeated = any(len(found) > 1 or any("=?" in value for value in found)
+                   for found in values.values())  # or an encoded-word: the splitter decides
     encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     return (repeated or headers.get_content_maintype() in ("multipart", "message")
             or encoding not in ("7bit", "8bit", "binary"))
